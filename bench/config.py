@@ -1,0 +1,423 @@
+"""Configs: YAML cards validated by pydantic schemas.
+
+A run's config is resolved from, lowest priority first: the defaults below, the dataset card's
+``train``/``eval`` blocks, the method card's, a user overlay file (``--config``), and ``--set a.b=c``.
+Cards may inherit with ``_base_: other.yaml`` (a path relative to the card, or a card name); a child
+states only what differs, dicts merge key by key, and ``_delete_: true`` in a dict replaces instead.
+
+Card folders, searched in this order: ``$BENCH_CARD_PATH`` (``os.pathsep``-separated folders that hold
+``methods/`` and ``datasets/``), plugin packages of the ``physeg_bench.cards`` entry-point group, and the
+built-in cards (``methods/``/``datasets/`` at the top of a checkout, ``bench/cards/`` in a wheel).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CARD_PATH_ENV = "BENCH_CARD_PATH"
+CARD_KINDS = ("methods", "datasets")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key or file."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# schemas
+
+
+class AugmentConfig(Strict):
+    flip: bool = True
+    rot90: bool = True  # in-plane only for 3D
+    intensity: float = Field(0.0, ge=0, description="std of a random gain/offset on the normalised image")
+
+
+class NormalizeConfig(Strict):
+    kind: Literal["percentile", "zscore", "none"] = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(50, ge=0)
+    steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the training images")
+    batch_size: int = Field(8, ge=1)
+    patch_size: list[int] = Field(default_factory=lambda: [256, 256])
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    scheduler: Literal["none", "cosine", "poly"] = "cosine"
+    amp: bool = True  # mixed precision, used on CUDA only
+    grad_clip: float | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+    val_every: int = Field(1, ge=1)
+    val_max_images: int | None = Field(8, ge=1)
+    monitor: str | None = None  # validation summary key; None: the method's default
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    max_train_images: int | None = Field(None, ge=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    device: str = "auto"  # auto: cuda when present, else cpu
+    deterministic: bool = True
+
+
+class EvalConfig(Strict):
+    split: str = "test"
+    max_images: int | None = Field(None, ge=1)
+    checkpoint: Literal["best", "last"] = "best"
+    metrics: list[str] | None = None  # None: every metric of the task
+    overlays: int = Field(4, ge=0)
+    save_predictions: bool = True
+    tile_overlap: float = Field(0.25, ge=0, lt=1)
+    boundary_tolerance: float = 2.0
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str | None = None  # None: sqlite store under the output root
+    experiment: str | None = None  # None: the dataset name
+
+
+class SourceInfo(Strict):
+    urls: dict[str, str] = Field(default_factory=dict)  # file name -> URL
+    checksums: dict[str, str | None] = Field(default_factory=dict)  # file name -> "sha256:..." or None
+    homepage: str = ""
+
+
+class SplitConfig(Strict):
+    kind: Literal["official", "random", "kfold"] = "official"
+    seed: int = 0
+    folds: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0)
+
+
+class MethodCard(Strict):
+    name: str
+    impl: str  # registered method implementation
+    description: str = ""
+    paper: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    tune: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetCard(Strict):
+    name: str
+    reader: str  # registered dataset reader
+    description: str = ""
+    task: Literal["instance", "semantic"]
+    ndim: Literal[2, 3] = 2
+    channels: int = Field(1, ge=1)
+    classes: list[str] = Field(default_factory=lambda: ["background", "foreground"])
+    spacing: list[float] | None = None
+    root: str  # relative to the data root
+    license: str = ""
+    citation: str = ""
+    source: SourceInfo = Field(default_factory=SourceInfo)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class RunConfig(Strict):
+    method: MethodCard
+    dataset: DatasetCard
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    seed: int = 0
+    tag: str = ""  # distinguishes runs of one method/dataset/seed with other settings
+    data_root: str | None = None
+    output_root: str = "runs"
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_is_a_name(cls, v: str) -> str:
+        if v and not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError("tag may hold letters, digits, '-', '_' and '.' only")
+        return v
+
+    def run_dir(self) -> Path:
+        name = self.method.name + (f"-{self.tag}" if self.tag else "")
+        return Path(self.output_root) / self.dataset.name / name / f"seed{self.seed}"
+
+    def config_hash(self) -> str:
+        """Hash of what determines the result (not where it is written)."""
+        d = self.model_dump(mode="json", exclude={"output_root", "data_root", "tracking"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------
+# cards on disk
+
+
+def builtin_card_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    wheel = here / "cards"
+    return [wheel] if wheel.is_dir() else [here.parent]
+
+
+def card_roots() -> list[Path]:
+    roots: list[Path] = []
+    for p in os.environ.get(CARD_PATH_ENV, "").split(os.pathsep):
+        if p:
+            roots.append(Path(p).expanduser())
+    from .registry import load_entry_points
+
+    load_entry_points("physeg_bench.cards")
+    roots.extend(_plugin_card_roots)
+    roots.extend(builtin_card_dirs())
+    return roots
+
+
+_plugin_card_roots: list[Path] = []
+
+
+def _discover_plugin_card_roots() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="physeg_bench.cards"):
+        try:
+            mod = ep.load()
+        except Exception:
+            continue  # load_entry_points already warned
+        path = Path(getattr(mod, "__file__", "") or "").parent
+        if path.is_dir() and path not in _plugin_card_roots:
+            _plugin_card_roots.append(path)
+
+
+def find_cards(kind: str) -> dict[str, Path]:
+    """name -> card file; the first root that has a name wins. Names starting with '_' are bases."""
+    assert kind in CARD_KINDS
+    _discover_plugin_card_roots()
+    found: dict[str, Path] = {}
+    for root in card_roots():
+        folder = root / kind
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.glob("*.y*ml")):
+            if not f.stem.startswith("_"):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def card_path(kind: str, name: str) -> Path:
+    as_path = Path(name)
+    if as_path.suffix in (".yaml", ".yml") and as_path.exists():
+        return as_path
+    cards = find_cards(kind)
+    if name not in cards:
+        from .registry import did_you_mean
+
+        raise ConfigError(
+            f"unknown {kind[:-1]} {name!r}.{did_you_mean(name, list(cards))} "
+            f"Valid {kind}: {', '.join(sorted(cards)) or '(none)'}"
+        )
+    return cards[name]
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and v.get("_delete_"):
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "_delete_"}
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_card_dict(path: Path, kind: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """Card as a dict with its `_base_` chain merged in."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
+    data = read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    for b in bases:
+        bpath = path.parent / b
+        if not bpath.exists():
+            bpath = card_path(kind, Path(b).stem)
+        merged = deep_merge(merged, load_card_dict(bpath, kind, _seen + (path,)))
+    merged = deep_merge(merged, data)
+    merged.setdefault("name", path.stem)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------
+# strict keys with did-you-mean
+
+
+def _fields_of(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_fields
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        m = _model_of(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def check_keys(data: dict, model: type[BaseModel], where: str, prefix: str = "") -> None:
+    """Raise ConfigError for the first unknown key, with the valid keys and a did-you-mean."""
+    fields = _fields_of(model)
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown config key {dotted!r} in {where}.{hint} Valid keys under "
+                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}"
+            )
+        sub = _model_of(fields[key].annotation)
+        if sub is not None and isinstance(value, dict):
+            check_keys(value, sub, where, dotted + ".")
+
+
+def validate(model: type[BaseModel], data: dict, where: str, prefix: str = "") -> BaseModel:
+    check_keys(data, model, where, prefix)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = prefix + ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid config in {where}:\n" + "\n".join(lines)) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """['train.epochs=2', 'method.params.h=0.2'] -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# resolution
+
+
+def resolve_config(
+    method: str | None = None,
+    dataset: str | None = None,
+    *,
+    overlay: str | Path | None = None,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+) -> RunConfig:
+    """The fully resolved, validated run config."""
+    user: dict = read_yaml(Path(overlay)) if overlay else {}
+    user = deep_merge(user, parse_overrides(overrides))
+    if seed is not None:
+        user["seed"] = seed
+
+    def card(kind: str, name: str | None, key: str) -> dict:
+        given = user.get(key)
+        if isinstance(given, dict) and "name" in given and (name is None or name == given["name"]):
+            # a resolved config (e.g. a run's config.yaml) carries the whole card
+            name = name or given["name"]
+            if "impl" in given or "reader" in given:
+                return {}
+        if name is None:
+            raise ConfigError(f"no {key} given: pass --{key} NAME (see `bench list {kind}`)")
+        return load_card_dict(card_path(kind, name), kind)
+
+    m = deep_merge(card("methods", method, "method"), user.get("method", {}) or {})
+    d = deep_merge(card("datasets", dataset, "dataset"), user.get("dataset", {}) or {})
+    mcard = validate(MethodCard, m, f"method card {m.get('name')!r}")
+    dcard = validate(DatasetCard, d, f"dataset card {d.get('name')!r}")
+
+    train = deep_merge(deep_merge(dcard.train, mcard.train), user.get("train", {}) or {})
+    evalc = deep_merge(deep_merge(dcard.eval, mcard.eval), user.get("eval", {}) or {})
+    top = {k: v for k, v in user.items() if k not in ("method", "dataset", "train", "eval")}
+    full = {"method": mcard.model_dump(), "dataset": dcard.model_dump(), "train": train, "eval": evalc, **top}
+    cfg = validate(RunConfig, full, "the run config (cards + --config + --set)")
+    _check_impl_params(cfg)
+    return cfg
+
+
+def _check_impl_params(cfg: RunConfig) -> None:
+    """Validate the method's and reader's `params` against their registered schemas."""
+    from .registry import DATASETS, METHODS
+
+    impl = METHODS.get(cfg.method.impl)
+    validate(impl.Params, cfg.method.params, f"method card {cfg.method.name!r}", "method.params.")
+    reader = DATASETS.get(cfg.dataset.reader)
+    validate(reader.Params, cfg.dataset.params, f"dataset card {cfg.dataset.name!r}", "dataset.params.")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b.c': value} (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

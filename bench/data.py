@@ -1,0 +1,180 @@
+"""Dataset readers: the interface every dataset module implements, the data root, and splits.
+
+A reader turns one dataset's official layout into `Sample`s. It knows nothing of methods.
+Where the data lives: ``--data-root`` on the CLI, else the ``BENCH_DATA_ROOT`` environment variable,
+else ``data_root`` in the run config, else ``~/.cache/physeg-bench/data`` (where ``bench data fetch`` puts
+downloads). A dataset card's ``root`` is relative to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+DATA_ROOT_ENV = "BENCH_DATA_ROOT"
+DEFAULT_DATA_ROOT = Path.home() / ".cache" / "physeg-bench" / "data"
+
+
+class DataError(RuntimeError):
+    """Bad or missing data. The message names the file and what to do."""
+
+
+def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_DATA_ROOT
+
+
+@dataclass
+class Sample:
+    """One image with its label.
+
+    image: float32 array (C, *spatial), raw intensities (normalisation is the pipeline's job).
+    label: integer array (*spatial): instance ids (0 = background) or class indices; None if unlabelled.
+    """
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return self.image.ndim - 1
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetReader:
+    """Base class of a dataset module. Subclass, set `Params` if the card takes reader options,
+    and register with ``@register_dataset("name")``.
+
+    Subclasses implement `list_ids` and `load`; `official_splits` when the dataset has one.
+    """
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, card: Any, root: Path, params: BaseModel | None = None) -> None:
+        self.card = card
+        self.root = Path(root)
+        self.params = params if params is not None else self.Params()
+
+    # -- to implement ---------------------------------------------------------------------------
+    def list_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def load(self, sample_id: str) -> Sample:
+        raise NotImplementedError
+
+    def official_splits(self) -> dict[str, list[str]] | None:
+        """{'train': [...], 'val': [...], 'test': [...]} when the dataset ships one."""
+        return None
+
+    # -- shared helpers -------------------------------------------------------------------------
+    def require(self, path: Path, what: str = "file") -> Path:
+        """Path, or a DataError naming it and saying how to get the data."""
+        if not path.exists():
+            raise DataError(
+                f"{self.card.name}: {what} not found: {path}. "
+                f"Set the data root with --data-root or ${DATA_ROOT_ENV} (now {self.root.parent}), "
+                f"or run `bench data fetch {self.card.name}`."
+            )
+        return path
+
+
+# ------------------------------------------------------------------------------------------------
+# splits
+
+
+def content_hash(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def make_splits(
+    ids: list[str],
+    official: dict[str, list[str]] | None,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> dict[str, list[str]]:
+    """Official split when the dataset has one, else a seeded random split."""
+    if official:
+        out = {k: list(v) for k, v in official.items()}
+        if "val" not in out and "train" in out:  # carve a validation set from train, seeded
+            rng = np.random.default_rng(seed)
+            train = list(out["train"])
+            rng.shuffle(train)
+            n_val = max(1, int(round(len(train) * val_fraction)))
+            out["val"], out["train"] = sorted(train[:n_val]), sorted(train[n_val:])
+        return out
+    rng = np.random.default_rng(seed)
+    order = sorted(ids)
+    rng.shuffle(order)
+    n = len(order)
+    n_test = max(1, int(round(n * test_fraction))) if n >= 3 else 0
+    n_val = max(1, int(round(n * val_fraction))) if n >= 3 else 0
+    return {
+        "test": sorted(order[:n_test]),
+        "val": sorted(order[n_test : n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+    }
+
+
+def load_or_create_splits(path: Path, ids: list[str], official, *, seed: int = 0) -> dict[str, list[str]]:
+    """Persisted splits (nnU-Net style): created once, then read back; a changed dataset is refused."""
+    digest = content_hash(ids)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("content_hash") != digest:
+            raise DataError(
+                f"{path}: splits were made for other data (hash {saved.get('content_hash')} != {digest}); "
+                "delete the file to make new splits"
+            )
+        return saved["splits"]
+    splits = make_splits(ids, official, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"content_hash": digest, "seed": seed, "splits": splits}, indent=1))
+    return splits
+
+
+def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int, path: Path) -> dict[str, list[str]]:
+    """Seeded k-fold cross-validation over the non-test images; the official test split stays the test split.
+
+    All folds are persisted in one file (as nnU-Net's splits_final.json); `fold` picks one.
+    """
+    if fold >= folds:
+        raise DataError(f"splits.fold={fold} but splits.folds={folds}")
+    digest = content_hash(ids)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("content_hash") != digest:
+            raise DataError(f"{path}: folds were made for other data; delete the file to make new ones")
+        all_folds, test = saved["folds"], saved["test"]
+    else:
+        if official and official.get("test"):
+            test = sorted(official["test"])
+        else:
+            test = make_splits(ids, None, seed=seed)["test"]
+        pool = sorted(set(ids) - set(test))
+        rng = np.random.default_rng(seed)
+        rng.shuffle(pool)
+        all_folds = [sorted(pool[k::folds]) for k in range(folds)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"content_hash": digest, "seed": seed, "test": test, "folds": all_folds}, indent=1))
+    val = all_folds[fold]
+    train = sorted(i for k, f in enumerate(all_folds) if k != fold for i in f)
+    return {"train": train, "val": val, "test": test}

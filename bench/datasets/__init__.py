@@ -1,0 +1,1 @@
+"""Built-in dataset readers. Each module registers one `bench.data.DatasetReader`."""

@@ -1,0 +1,75 @@
+"""Reading images, writing label images and overlay PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any 2D/3D image file as an array; unreadable files raise a DataError naming them."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"image file not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        if path.name.endswith((".nii", ".nii.gz")):
+            import nibabel
+
+            return np.asarray(nibabel.load(str(path)).dataobj)
+        import imageio.v3 as iio
+
+        return iio.imread(path)
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def as_channels_first(img: np.ndarray, ndim: int, channels: int) -> np.ndarray:
+    """(H,W) / (H,W,C) / (C,H,W) / (D,H,W) ... -> (C, *spatial) float32."""
+    if img.ndim == ndim:
+        img = img[None]
+    elif img.ndim == ndim + 1 and img.shape[-1] == channels and img.shape[0] != channels:
+        img = np.moveaxis(img, -1, 0)
+    elif img.ndim == ndim + 1 and img.shape[-1] in (3, 4) and channels == 1:
+        img = img[..., :3].mean(-1)[None]  # RGB(A) rendering of a grey image
+    if img.ndim != ndim + 1:
+        raise DataError(f"cannot interpret an image of shape {img.shape} as {ndim}D with {channels} channel(s)")
+    if img.shape[0] != channels:
+        raise DataError(f"image has {img.shape[0]} channel(s), the dataset card says {channels}")
+    return img.astype(np.float32, copy=False)
+
+
+def write_label(path: Path, label: np.ndarray) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if label.max(initial=0) < 65536 else np.uint32
+    tifffile.imwrite(path, label.astype(dtype), compression="zlib")
+
+
+def overlay_png(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> None:
+    """Grey image with predicted outlines in magenta and reference outlines in green (middle slice in 3D)."""
+    import imageio.v3 as iio
+    from skimage.segmentation import find_boundaries
+
+    img = image[0] if image.ndim == pred.ndim + 1 else image
+    if pred.ndim == 3:
+        z = pred.shape[0] // 2
+        img, pred = img[z], pred[z]
+        gt = gt[z] if gt is not None else None
+    lo, hi = np.percentile(img, [1, 99.5])
+    grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if gt is not None:
+        rgb[find_boundaries(gt, mode="inner")] = (0, 220, 0)
+    rgb[find_boundaries(pred, mode="inner")] = (255, 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, rgb)

@@ -1,0 +1,1 @@
+"""Built-in methods. Each module registers one or more `bench.method.Method` classes."""

@@ -1,0 +1,103 @@
+"""Plain UNet baseline for semantic and instance tasks.
+
+Semantic datasets: one output per class, cross-entropy + soft Dice, argmax.
+Instance datasets: the usual nuclei baseline (Caicedo et al. 2019, BBBC039): three classes
+(background, cell interior, cell boundary); instances are the connected components of the interior,
+grown back over the predicted foreground.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..data import Sample
+from ..method import Method
+from ..networks import NetworkSpec, build_network
+from ..registry import register_method
+
+
+class UNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    dice_weight: float = Field(1.0, ge=0, description="weight of the soft Dice term next to cross-entropy")
+    boundary_width: int = Field(2, ge=1, description="instance task: boundary class width in pixels")
+    min_size: int = Field(0, ge=0, description="instance task: drop predicted objects smaller than this")
+
+
+def instance_to_three_class(label: np.ndarray, width: int) -> np.ndarray:
+    """0 background, 1 interior, 2 boundary (inner boundary of each instance, `width` pixels thick)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    out = (label > 0).astype(np.int64)
+    boundary = find_boundaries(label, mode="inner")
+    if width > 1:
+        boundary = ndi.binary_dilation(boundary, iterations=width - 1) & (label > 0)
+    out[boundary] = 2
+    return out
+
+
+def three_class_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """(3, *spatial) class probabilities -> instance labels."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    cls = prob.argmax(0)
+    seeds, _ = ndi.label(cls == 1)
+    fg = cls > 0
+    labels = watershed(-prob[1], seeds, mask=fg)  # grow interiors over the boundary band
+    if min_size:
+        sizes = np.bincount(labels.ravel())
+        labels[sizes[labels] < min_size] = 0
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+@register_method("unet", description="plain UNet: semantic classes, or 3-class (interior/boundary) instances")
+class UNet(Method):
+    Params = UNetParams
+
+    @property
+    def n_out(self) -> int:
+        return 3 if self.dataset.task == "instance" else self.dataset.num_classes
+
+    def build(self) -> None:
+        spec = self.params.network
+        if self.ndim == 3 and spec.name == "smp_unet":
+            spec = NetworkSpec(name="monai_unet")
+        self.networks["net"] = build_network(spec, self.dataset.channels, self.n_out, self.ndim)
+
+    def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
+        lab = sample.label
+        if self.dataset.task == "instance":
+            return {"target": instance_to_three_class(lab, self.params.boundary_width)}
+        return {"target": lab.astype(np.int64)}
+
+    def loss(self, outputs, batch):
+        import torch.nn.functional as F
+
+        target = batch["target"].long()
+        ce = F.cross_entropy(outputs, target)
+        terms = {"ce": ce}
+        loss = ce
+        if self.params.dice_weight:
+            prob = outputs.float().softmax(1)
+            onehot = F.one_hot(target, self.n_out).movedim(-1, 1).float()
+            dims = tuple(range(2, outputs.ndim))
+            inter = (prob * onehot).sum(dims)
+            denom = prob.sum(dims) + onehot.sum(dims)
+            dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
+            terms["dice"] = dice
+            loss = loss + self.params.dice_weight * dice
+        terms["loss"] = loss
+        return terms
+
+    def activation(self, raw):
+        return raw.softmax(1)
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        if self.dataset.task == "instance":
+            return three_class_to_instances(raw, self.params.min_size)
+        return raw.argmax(0).astype(np.int32)

@@ -1,0 +1,1 @@
+"""Segmentation metrics (see docs/metrics.md). Filled in by the metrics module work."""

@@ -1,0 +1,146 @@
+"""MLflow tracking, offline by default.
+
+With no tracking URI set (config ``tracking.uri`` or ``$MLFLOW_TRACKING_URI``) runs go to an embedded store:
+``sqlite:///<output_root>/mlflow.db`` with artifacts in ``<output_root>/mlartifacts``; browse it with
+``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``. A remote server that does not answer gives a
+warning and the local store instead, so a run is never lost to the network. Telemetry is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def local_store_uri(output_root: str | Path) -> str:
+    return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
+
+
+def _server_answers(uri: str, timeout: float = 3.0) -> bool:
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
+        return True
+    except urllib.error.HTTPError:
+        return True  # it answered, even if not with 200
+    except Exception:
+        return False
+
+
+def choose_uri(configured: str | None, output_root: str | Path) -> str:
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return local_store_uri(output_root)
+    if uri.startswith(("http://", "https://")) and not _server_answers(uri):
+        fallback = local_store_uri(output_root)
+        warnings.warn(f"MLflow server {uri} does not answer; logging to the local store {fallback} instead")
+        return fallback
+    return uri
+
+
+class Tracker:
+    """Thin wrapper over one MLflow run; every call is a no-op when tracking is off."""
+
+    def __init__(self, enabled: bool, uri: str | None, experiment: str, output_root: str | Path) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self.uri = choose_uri(uri, output_root) if enabled else None
+        self.experiment = experiment
+        self.output_root = Path(output_root)
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):  # keep artifacts beside the embedded store
+            location = (self.output_root.resolve() / "mlartifacts" / self.experiment).as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=location)
+
+    def start(self, run_name: str, resume_run_id: str | None = None, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> str | None:
+        if not self.enabled:
+            return None
+        if resume_run_id:
+            try:
+                self.client.get_run(resume_run_id)
+                self.run_id = resume_run_id
+                self.client.update_run(resume_run_id, status="RUNNING")
+                return self.run_id
+            except Exception:
+                log.warning("MLflow run %s not found in %s; starting a new one", resume_run_id, self.uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k[:250], str(v)[:6000]) for k, v in params.items() if k[:250] not in existing]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.run_id:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if _is_number(v)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.run_id:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.run_id or not Path(path).exists():
+            return
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def _metric_key(k: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / ; '@' is not among them
+    return k.replace("@", "_at_")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
