@@ -275,6 +275,7 @@ def load_card_dict(path: Path, kind: str, _seen: tuple[Path, ...] = ()) -> dict:
         if not bpath.exists():
             bpath = card_path(kind, Path(b).stem)
         merged = deep_merge(merged, load_card_dict(bpath, kind, _seen + (path,)))
+    merged.pop("name", None)  # a card's name is its own, never its base's
     merged = deep_merge(merged, data)
     merged.setdefault("name", path.stem)
     return merged

@@ -1,0 +1,98 @@
+"""Pixel metrics (Dice, IoU) and boundary metrics (HD95, boundary F1), per class and per image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.metrics.base import (
+    FLAG_BOTH_EMPTY,
+    FLAG_EMPTY_GT,
+    FLAG_EMPTY_PRED,
+    MetricContext,
+    MetricValue,
+    cached,
+)
+from bench.metrics.surface import boundary_f1, hausdorff_distance, tolerance_pixels
+from bench.registry import register_metric
+
+
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """cm[i, j] = number of pixels with gt class i and predicted class j (one bincount over the image)."""
+    p = np.asarray(pred).reshape(-1)
+    g = np.asarray(gt).reshape(-1)
+    for name, a in (("pred", p), ("gt", g)):
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= num_classes):
+            raise ValueError(
+                f"{name} holds class indices outside 0..{num_classes - 1} (min {a.min()}, max {a.max()}); "
+                "set num_classes in the metric context"
+            )
+    dt = np.int16 if num_classes * num_classes < 2**15 else np.int64
+    code = g.astype(dt) * dt(num_classes) + p.astype(dt) if dt is np.int16 else g.astype(np.int64) * num_classes + p
+    return np.bincount(code, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _classes(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Confusion matrix and the (index, name) of the classes to report: foreground for instance, 1.. for semantic."""
+    if ctx.task == "instance":
+        cm = cached(ctx, "fg_confusion", lambda: confusion_matrix(pred > 0, gt > 0, 2))
+        return cm, [(1, "")]
+    cm = cached(ctx, "confusion", lambda: confusion_matrix(pred, gt, ctx.num_classes))
+    return cm, [(c, ctx.class_name(c)) for c in ctx.foreground_classes()]
+
+
+def overlap_scores(inter: float, n_gt: float, n_pred: float) -> tuple[float, float, str]:
+    """(dice, iou, flag) from counts. Both empty: 1; reference empty and prediction not (or the reverse): 0."""
+    if n_gt == 0 and n_pred == 0:
+        return 1.0, 1.0, FLAG_BOTH_EMPTY
+    if n_gt == 0:
+        return 0.0, 0.0, FLAG_EMPTY_GT
+    if n_pred == 0:
+        return 0.0, 0.0, FLAG_EMPTY_PRED
+    return 2.0 * inter / (n_gt + n_pred), inter / (n_gt + n_pred - inter), ""
+
+
+def _overlap_metric(pred, gt, ctx: MetricContext, which: int, name: str) -> list[MetricValue]:
+    cm, classes = _classes(pred, gt, ctx)
+    rows = cm.sum(axis=1)
+    cols = cm.sum(axis=0)
+    out = []
+    for c, cname in classes:
+        s = overlap_scores(float(cm[c, c]), float(rows[c]), float(cols[c]))
+        out.append(MetricValue(name, s[which], cname, s[2]))
+    return out
+
+
+@register_metric("dice", description="Dice 2|A&B|/(|A|+|B|) per foreground class (instance task: foreground); both empty = 1", task=("semantic", "instance"), outputs=("dice",))
+def dice_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
+    return _overlap_metric(pred, gt, ctx, 0, "dice")
+
+
+@register_metric("iou", description="IoU (Jaccard) |A&B|/|A or B| per foreground class (instance task: foreground); both empty = 1", task=("semantic", "instance"), outputs=("iou",))
+def iou_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
+    return _overlap_metric(pred, gt, ctx, 1, "iou")
+
+
+def _present(pred, gt, ctx: MetricContext, c: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(pred) == c, np.asarray(gt) == c
+
+
+@register_metric("hd95", description="95th-percentile symmetric Hausdorff distance per foreground class, physical units (MONAI's definition)", task=("semantic",), outputs=("hd95",))
+def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
+    spacing = ctx.spacing_for(np.ndim(pred))
+    out = []
+    for c in ctx.foreground_classes():
+        pm, gm = _present(pred, gt, ctx, c)
+        v, flag = hausdorff_distance(pm, gm, spacing, 95.0)
+        out.append(MetricValue("hd95", v, ctx.class_name(c), flag))
+    return out
+
+
+@register_metric("bf1", description="Boundary F1 (DAVIS boundaries, tolerance boundary_tolerance) per foreground class", task=("semantic",), outputs=("bf1",))
+def bf1_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
+    tol = tolerance_pixels(ctx.boundary_tolerance, np.shape(pred))
+    out = []
+    for c in ctx.foreground_classes():
+        pm, gm = _present(pred, gt, ctx, c)
+        f, _, _, flag = boundary_f1(pm, gm, tol)
+        out.append(MetricValue("bf1", f, ctx.class_name(c), flag))
+    return out

@@ -1,0 +1,107 @@
+"""Runner behaviour in process: NaN losses, training-free methods, tiling, splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench.config import resolve_config
+from bench.data import DataError, kfold_splits, load_or_create_splits
+from bench.method import NonFiniteLossError
+from bench.methods.unet import UNet
+from bench.registry import METHODS
+from bench.runner import RunExistsError, run
+from conftest import FAST_RUN, needs_data
+
+pytestmark = needs_data("bbbc039")
+
+
+@pytest.fixture
+def nan_method():
+    """A UNet whose loss turns NaN in the second epoch."""
+
+    class NaNAtEpoch2(UNet):
+        calls = 0
+
+        def loss(self, outputs, batch):
+            terms = super().loss(outputs, batch)
+            type(self).calls += 1
+            if type(self).calls > 2:  # steps_per_epoch=2: the 3rd step is in epoch 2
+                terms["loss"] = terms["loss"] * float("nan")
+            return terms
+
+    METHODS.register("nan_at_epoch2")(NaNAtEpoch2)
+    yield
+    METHODS.unregister("nan_at_epoch2")
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, nan_method):
+    cfg = resolve_config("unet", "bbbc039", overrides=FAST_RUN + [
+        "method.impl=nan_at_epoch2", "tracking.enabled=false", f"output_root={tmp_path}"])
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss.*epoch 2, step 1.*last good checkpoint.*epoch 1"):
+        run(cfg, progress=False)
+    run_dir = cfg.run_dir()
+    ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ck["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["method"]["networks"]["net"].values() if v.is_floating_point())
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "NonFiniteLossError" in status["error"]
+
+
+def test_training_free_method_runs_without_checkpoints(tmp_path):
+    cfg = resolve_config("classic_watershed", "bbbc039", overrides=[
+        "eval.max_images=2", "tracking.enabled=false", f"output_root={tmp_path}"])
+    res = run(cfg, progress=False)
+    assert res.summary["n_images"] == 2 and res.summary["metrics"]["f1@0.50"] > 0.5
+    assert not (res.run_dir / "checkpoints").exists()
+
+
+def test_overwrite_and_resume_guard(tmp_path):
+    cfg = resolve_config("classic_watershed", "bbbc039", overrides=[
+        "eval.max_images=1", "tracking.enabled=false", f"output_root={tmp_path}"])
+    run(cfg, progress=False)
+    with pytest.raises(RunExistsError, match="already holds a run"):
+        run(cfg, progress=False)
+    other = resolve_config("classic_watershed", "bbbc039", overrides=[
+        "eval.max_images=1", "tracking.enabled=false", f"output_root={tmp_path}", "method.params.sigma=1.0"])
+    with pytest.raises(RunExistsError, match="another config"):
+        run(other, resume=True, progress=False)
+    res = run(other, overwrite=True, progress=False)
+    assert res.summary["n_images"] == 1
+
+
+def test_sliding_window_matches_whole_image(monkeypatch):
+    import bench.inference as inf
+    from bench.config import DatasetCard
+    from bench.envinfo import seed_everything
+
+    seed_everything(0)
+    card = DatasetCard(name="x", reader="bbbc039", task="semantic", root="x", classes=["bg", "fg"])
+    m = UNet(UNet.Params(network={"name": "smp_unet", "options": {"encoder": "resnet18"}}), card,
+             torch.device("cpu"))
+    m.build()
+    img = np.random.default_rng(0).random((1, 200, 260), dtype=np.float32)
+    whole = m.predict_raw(img)
+    monkeypatch.setitem(inf.MAX_WHOLE_PIXELS, 2, 64 * 64)  # force tiling
+    tiled = m.predict_raw(img, patch_size=[128, 128], overlap=0.5)
+    assert tiled.shape == whole.shape == (2, 200, 260)
+    # tiles see less context than the whole image, so only the bulk agrees closely
+    assert np.mean(np.abs(tiled - whole)) < 0.05
+
+
+def test_splits_are_persisted_and_checked(tmp_path):
+    ids = [f"img{i}" for i in range(20)]
+    p = tmp_path / "splits.json"
+    s1 = load_or_create_splits(p, ids, None, seed=3)
+    assert load_or_create_splits(p, ids, None, seed=99) == s1  # read back, not redrawn
+    assert sorted(s1["train"] + s1["val"] + s1["test"]) == sorted(ids)
+    with pytest.raises(DataError, match="other data"):
+        load_or_create_splits(p, ids[:-1], None)
+    folds = [kfold_splits(ids, {"test": ids[:4]}, folds=4, fold=k, seed=0, path=tmp_path / "k.json")
+             for k in range(4)]
+    assert all(f["test"] == ids[:4] for f in folds)
+    vals = [i for f in folds for i in f["val"]]
+    assert sorted(vals) == sorted(ids[4:])  # every non-test image is validated exactly once
