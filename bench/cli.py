@@ -160,6 +160,122 @@ def predict(
     _guard(body)
 
 
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@app.command()
+def sweep(
+    methods: str = typer.Option(..., "--methods", help="Comma-separated method cards."),
+    datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset cards."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    sets: Optional[list[str]] = SetOpt,
+    config: Optional[Path] = ConfigOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run every method x dataset x seed (one MLflow run each); finished runs are skipped, interrupted ones resumed."""
+
+    def body():
+        from .results import sweep as sweep_fn
+
+        rep = sweep_fn(_csv(methods), _csv(datasets), [int(s) for s in _csv(seeds)], overrides=sets,
+                       overlay=config, data_root=str(data_root) if data_root else None, progress=not quiet)
+        typer.echo(f"ran {len(rep['ran'])}, resumed {len(rep['resumed'])}, skipped {len(rep['skipped'])} "
+                   f"(finished), failed {len(rep['failed'])}")
+        for key, why in rep["failed"]:
+            typer.secho(f"  failed {key}: {why}", fg=typer.colors.RED, err=True)
+        if rep["failed"]:
+            raise typer.Exit(1)
+
+    _setup_logging(quiet)
+    _guard(body)
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated (default: by the dataset's task)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Only these rows (comma-separated)."),
+    formats: str = typer.Option("md,csv", "--format", help="Comma-separated: md, csv, html, tex."),
+    out: Path = typer.Option(Path("leaderboards"), "--out"),
+    output_root: Path = typer.Option(Path("runs"), "--output-root", help="Where the runs are."),
+    reported: Optional[Path] = typer.Option(None, "--reported", help="YAML of rows reported by papers (with citation)."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the tables and figures to MLflow."),
+) -> None:
+    """Leaderboard of every method's finished runs: mean, 95% bootstrap CI, mean ± sd over seeds, provenance."""
+
+    def body():
+        from .leaderboard import leaderboard
+
+        command = "bench leaderboard " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+        written = leaderboard(dataset, output_root=output_root, out_dir=out, formats=_csv(formats),
+                              metrics=_csv(metrics) or None, methods=_csv(methods) or None, reported=reported,
+                              command=command, log_mlflow=not no_mlflow)
+        for p in written.values():
+            typer.echo(f"wrote {p}")
+        if "md" in written:
+            typer.echo(written["md"].read_text())
+
+    _setup_logging(True)
+    _guard(body)
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="Method (leaderboard row) A."),
+    b: str = typer.Argument(..., help="Method (leaderboard row) B."),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    metrics: Optional[str] = typer.Option(None, "--metrics"),
+    output_root: Path = typer.Option(Path("runs"), "--output-root"),
+) -> None:
+    """Paired per-image comparison A vs B: Wilcoxon + Holm, median difference with bootstrap CI, wins/ties/losses."""
+
+    def body():
+        from rich.console import Console
+        from rich.table import Table
+
+        from .leaderboard import compare as compare_fn
+
+        res = compare_fn(a, b, dataset, output_root=output_root, metrics=_csv(metrics) or None)
+        t = Table("metric", "images", f"mean {a}", f"mean {b}", "median A-B [95% CI]", "W/T/L", "p", "p (Holm)",
+                  title=f"{a} vs {b} on {dataset}")
+        for r in res:
+            t.add_row(r["metric"], str(r["n_images"]), f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}",
+                      f"{r['median_diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
+                      f"{r['wins']}/{r['ties']}/{r['losses']}", f"{r['p']:.3g}", f"{r['p_holm']:.3g}")
+        Console(width=160).print(t)
+
+    _guard(body)
+
+
+@app.command()
+def tune(
+    method: str = typer.Option(..., "--method", "-m"),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    trials: int = typer.Option(..., "--trials", help="Finished (complete or pruned) trials the study should hold."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite under the runs)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes sharing the storage."),
+    sets: Optional[list[str]] = SetOpt,
+    config: Optional[Path] = ConfigOpt,
+    seed: int = typer.Option(0, "--seed"),
+    data_root: Optional[Path] = DataRootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Tune a method's `tune:` search space on the validation split (Optuna, median pruner, resumable)."""
+
+    def body():
+        from .tuning import tune as tune_fn
+
+        study = tune_fn(method, dataset, trials, workers=workers, storage=storage, overrides=sets,
+                        overlay=str(config) if config else None, data_root=str(data_root) if data_root else None,
+                        seed=seed)
+        typer.echo(f"study {study.study_name} in {study.storage_url}\nbest parameters: {study.best_overlay_path()}")
+
+    _setup_logging(quiet)
+    _guard(body)
+
+
 def _setup_logging(quiet: bool) -> None:
     import logging
 

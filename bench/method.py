@@ -167,7 +167,8 @@ class Method:
 
 
 def check_finite(terms: dict[str, Any]) -> None:
-    bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v))}
+    values = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in terms.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
         raise NonFiniteLossError(f"non-finite loss terms: {bad}")
 

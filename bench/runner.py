@@ -50,8 +50,9 @@ class RunExistsError(FileExistsError):
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # empty when the test split was not evaluated
     mlflow_run_id: str | None
+    best_value: float | None = None  # best validation monitor value (None without validation)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,8 +179,15 @@ def run(
     overwrite: bool = False,
     data_root: str | None = None,
     progress: bool = True,
+    evaluate_test: bool = True,
+    on_epoch=None,
+    parent_run_id: str | None = None,
 ) -> RunResult:
-    """Train (if the method trains) and evaluate one method on one dataset."""
+    """Train (if the method trains) and evaluate one method on one dataset.
+
+    `on_epoch(epoch, value)` is called after each validated epoch with the monitor value (tuning uses it to
+    report to Optuna and prune). With `evaluate_test=False` the test split is never touched.
+    """
     from .envinfo import environment_record, seed_everything, select_device
     from .tracking import Tracker
 
@@ -206,24 +214,37 @@ def run(
     mlflow_id = tracker.start(run_name, prev_id, tags={
         "method": cfg.method.name, "dataset": cfg.dataset.name, "seed": str(cfg.seed),
         "config_hash": cfg.config_hash(), "git_commit": str(env.get("git_commit")), "run_dir": str(run_dir.resolve()),
-    })
+    }, parent_run_id=parent_run_id)
     _update_status(run_dir, state="running", started=time.time(), mlflow_run_id=mlflow_id,
                    config_hash=cfg.config_hash(), device=str(device))
     tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"method": {"tune"}})))
     tracker.log_artifact(run_dir / CONFIG_FILE)
     tracker.log_artifact(run_dir / "environment.json")
+    best = None
     try:
         if method.trainable and cfg.train.epochs > 0:
-            train(method, cfg, reader, splits, run_dir, tracker, resuming=resuming, progress=progress)
-        summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress)
+            best = train(method, cfg, reader, splits, run_dir, tracker, resuming=resuming, progress=progress,
+                         on_epoch=on_epoch)["best_value"]
+        elif not evaluate_test:  # nothing to train: the validation score is the objective
+            val_ids = splits.get("val") or []
+            if not val_ids:
+                raise DataError(f"dataset {cfg.dataset.name!r}: the val split is empty")
+            val = score_samples(method, cfg, _load_samples(reader, val_ids[: cfg.train.val_max_images or None]))
+            best = val[cfg.train.monitor or method.monitor]
+            tracker.log_metrics({f"val/{k}": v for k, v in val.items()})
+            if on_epoch:
+                on_epoch(0, best)
+        summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress) if evaluate_test else {}
     except BaseException as exc:
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        if type(exc).__name__ == "TrialPruned":
+            state = "pruned"
         _update_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished=time.time())
-        tracker.end("KILLED" if state == "interrupted" else "FAILED")
+        tracker.end({"interrupted": "KILLED", "pruned": "KILLED"}.get(state, "FAILED"))
         raise
-    _update_status(run_dir, state="finished", finished=time.time(), error=None)
+    _update_status(run_dir, state="finished", finished=time.time(), error=None, best_value=best)
     tracker.end("FINISHED")
-    return RunResult(run_dir, summary, mlflow_id)
+    return RunResult(run_dir, summary, mlflow_id, best)
 
 
 def _load_samples(reader: DatasetReader, ids: list[str]) -> list[Sample]:
@@ -231,7 +252,7 @@ def _load_samples(reader: DatasetReader, ids: list[str]) -> list[Sample]:
 
 
 def train(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict[str, list[str]], run_dir: Path,
-          tracker, *, resuming: bool, progress: bool) -> None:
+          tracker, *, resuming: bool, progress: bool, on_epoch=None) -> dict:
     import pandas as pd
     import torch
     from torch.utils.data import DataLoader
@@ -265,7 +286,7 @@ def train(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict[st
         state = ck["state"]
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
         if state.get("stopped_early"):
-            return
+            return state
     for epoch in range(state["epoch"], tc.epochs):
         ds.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout etc.: same per epoch whether resumed or not
@@ -320,13 +341,18 @@ def train(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict[st
         _atomic_torch_save({"method": method.state_dict(), "state": state}, ckpt_dir / "last.pt")
         pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
         tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=epoch + 1)
-        log.info("epoch %d: %s", epoch + 1, {k: row[k] for k in row if k != "epoch"})
+        shown = {k: round(v, 4) for k, v in row.items()
+                 if k.startswith("train/") or k in (f"val/{monitor}", "seconds") and v is not None}
+        log.info("epoch %d/%d: %s", epoch + 1, tc.epochs, shown)
+        if on_epoch is not None and value is not None:
+            on_epoch(epoch + 1, float(value))
         if stop:
             log.info("early stopping: %s did not improve for %d epochs", monitor, tc.early_stopping_patience)
             break
     if not (ckpt_dir / "best.pt").exists():  # no validation: the last epoch is the best we know
         _atomic_torch_save({"method": method.state_dict(with_optim=False), "epoch": state["epoch"],
                             "monitor": None, "value": None}, ckpt_dir / "best.pt")
+    return state
 
 
 def _progress(it, enabled: bool, desc: str):

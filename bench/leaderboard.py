@@ -1,0 +1,319 @@
+"""Leaderboards built from the per-image tables of finished runs, and paired comparisons of two methods.
+
+Every number traces to its runs: a row lists the run directories, MLflow run ids, git commits, config hashes
+and hardware it came from. Rows that papers reported are read from a file, marked as reported and kept apart
+from the measured rows (they never take part in the bold best).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .results import LOWER_IS_BETTER, FinishedRun, bootstrap_ci, finished_runs, holm, per_image_values
+
+TASK_METRICS = {
+    "instance": ["ap@0.50", "f1@0.50", "pq", "sq", "rq", "map"],
+    "semantic": ["dice", "iou", "hd95", "bf1"],
+}
+METRICS_DOC = "docs/metrics.md"
+
+
+@dataclass
+class Cell:
+    mean: float  # over images (per-image values averaged over seeds first)
+    ci: tuple[float, float]  # 95% bootstrap CI of that mean, resampling images
+    seed_mean: float  # mean over seeds of each seed's per-image mean
+    seed_sd: float  # sd over seeds (0 for one seed)
+
+
+@dataclass
+class Row:
+    label: str
+    cells: dict[str, Cell]
+    n_images: int
+    n_seeds: int
+    provenance: dict = field(default_factory=dict)
+    reported: bool = False
+    citation: str = ""
+
+
+def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None = None,
+               methods: list[str] | None = None, n_boot: int = 2000) -> tuple[list[Row], list[str], str]:
+    runs = finished_runs(output_root, dataset)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs of {dataset!r} under {Path(output_root) / dataset}")
+    task = runs[0].summary.get("task", "instance")
+    metrics = metrics or TASK_METRICS[task]
+    by_label: dict[str, list[FinishedRun]] = {}
+    for r in runs:
+        by_label.setdefault(r.label, []).append(r)
+    rows = []
+    for label, rs in sorted(by_label.items()):
+        if methods and label not in methods:
+            continue
+        cells = {}
+        for m in metrics:
+            per_img = per_image_values(rs, m)
+            if not per_img:
+                continue
+            vals = np.array(list(per_img.values()))
+            seed_means = [np.mean(list(per_image_values([r], m).values())) for r in rs]
+            cells[m] = Cell(float(vals.mean()), bootstrap_ci(vals, n_boot=n_boot),
+                            float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)) if len(rs) > 1 else 0.0)
+        images = {i for r in rs for i in r.table()["image"].unique()}
+        prov = {
+            "runs": [str(r.run_dir) for r in rs],
+            "mlflow_run_ids": [r.summary.get("mlflow_run_id") for r in rs],
+            "seeds": sorted(r.summary.get("seed") for r in rs),
+            "git_commits": sorted({str(r.summary.get("git_commit")) for r in rs}),
+            "config_hashes": sorted({str(r.summary.get("config_hash")) for r in rs}),
+            "hardware": sorted({str(r.summary.get("hardware")) for r in rs}),
+        }
+        rows.append(Row(label, cells, len(images), len(rs), prov))
+    return rows, metrics, task
+
+
+def reported_rows(path: str | Path, metrics: list[str]) -> list[Row]:
+    """Rows from a YAML file: [{method, citation, n_images?, metrics: {name: value}}]."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or []
+    rows = []
+    for i, item in enumerate(data):
+        if "method" not in item or "metrics" not in item or not item.get("citation"):
+            raise ValueError(f"{path}: entry {i} needs 'method', 'citation' and 'metrics'")
+        cells = {m: Cell(float(v), (float("nan"), float("nan")), float(v), float("nan"))
+                 for m, v in item["metrics"].items() if m in metrics}
+        rows.append(Row(item["method"], cells, int(item.get("n_images", 0)), 0, {}, True, item["citation"]))
+    return rows
+
+
+def best_labels(rows: list[Row], metrics: list[str]) -> dict[str, set[str]]:
+    """Per metric, the measured row(s) with the best mean (ties all bold)."""
+    out = {}
+    for m in metrics:
+        vals = {r.label: r.cells[m].mean for r in rows if not r.reported and m in r.cells}
+        if vals:
+            target = min(vals.values()) if m in LOWER_IS_BETTER else max(vals.values())
+            out[m] = {k for k, v in vals.items() if np.isclose(v, target, rtol=0, atol=1e-12)}
+        else:
+            out[m] = set()
+    return out
+
+
+def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
+    if c is None:
+        return "–", "–"
+    main = f"{c.mean:.{digits}f}"
+    if np.isnan(c.ci[0]):
+        return main, ""
+    return main, f"[{c.ci[0]:.{digits}f}, {c.ci[1]:.{digits}f}] ({c.seed_mean:.{digits}f} ± {c.seed_sd:.{digits}f})"
+
+
+def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str) -> str:
+    best = best_labels(rows, metrics)
+    measured = [r for r in rows if not r.reported]
+    reported = [r for r in rows if r.reported]
+    if fmt == "csv":
+        import pandas as pd
+
+        recs = []
+        for r in rows:
+            rec = {"method": r.label, "kind": "reported" if r.reported else "measured", "n_images": r.n_images,
+                   "n_seeds": r.n_seeds}
+            for m in metrics:
+                c = r.cells.get(m)
+                rec.update({m: c.mean if c else None, f"{m}_ci_low": c.ci[0] if c else None,
+                            f"{m}_ci_high": c.ci[1] if c else None, f"{m}_seed_mean": c.seed_mean if c else None,
+                            f"{m}_seed_sd": c.seed_sd if c else None, f"{m}_best": r.label in best[m]})
+            rec.update({"citation": r.citation, "runs": ";".join(r.provenance.get("runs", [])),
+                        "mlflow_run_ids": ";".join(map(str, r.provenance.get("mlflow_run_ids", []))),
+                        "git_commits": ";".join(r.provenance.get("git_commits", [])),
+                        "config_hashes": ";".join(r.provenance.get("config_hashes", [])),
+                        "hardware": ";".join(r.provenance.get("hardware", []))})
+            recs.append(rec)
+        return pd.DataFrame(recs).to_csv(index=False)
+    if fmt == "md":
+        lines = [f"# Leaderboard: {dataset} ({task})", "",
+                 f"Each cell: mean over test images (per-image values averaged over seeds), its 95% bootstrap "
+                 f"confidence interval over images, and (mean ± sd over seeds). Best measured value per column in "
+                 f"bold. Metric definitions: [{METRICS_DOC}](../{METRICS_DOC}). Regenerate with:", "",
+                 f"    {command}", "",
+                 "| method | " + " | ".join(metrics) + " | images | seeds |",
+                 "|---|" + "---|" * len(metrics) + "---|---|"]
+        for r in measured:
+            cells = []
+            for m in metrics:
+                main, rest = _fmt(r.cells.get(m))
+                cells.append((f"**{main}**" if r.label in best[m] else main) + (f" {rest}" if rest else ""))
+            lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
+        if reported:
+            lines += ["", "Reported by papers (not measured here; not ranked):", "",
+                      "| method | " + " | ".join(metrics) + " | citation |", "|---|" + "---|" * len(metrics) + "---|"]
+            for r in reported:
+                lines.append(f"| {r.label} (reported) | " + " | ".join(_fmt(r.cells.get(m))[0] for m in metrics)
+                             + f" | {r.citation} |")
+        lines += ["", "## Provenance", ""]
+        for r in measured:
+            p = r.provenance
+            lines.append(f"- **{r.label}**: seeds {p['seeds']}; commits {', '.join(p['git_commits'])}; "
+                         f"config hashes {', '.join(p['config_hashes'])}; hardware {', '.join(p['hardware'])}; "
+                         f"MLflow runs {', '.join(map(str, p['mlflow_run_ids']))}; run folders "
+                         f"{', '.join(p['runs'])}")
+        return "\n".join(lines) + "\n"
+    if fmt == "html":
+        head = "".join(f"<th>{m}</th>" for m in metrics)
+        body = []
+        for r in measured + reported:
+            tds = []
+            for m in metrics:
+                main, rest = _fmt(r.cells.get(m))
+                main = f"<b>{main}</b>" if (not r.reported and r.label in best[m]) else main
+                tds.append(f"<td>{main}<br><small>{rest}</small></td>")
+            name = r.label + (" (reported)" if r.reported else "")
+            body.append(f"<tr><td>{name}</td>{''.join(tds)}<td>{r.n_images}</td><td>{r.n_seeds}</td></tr>")
+        return (f"<html><body><h1>Leaderboard: {dataset}</h1><p>mean [95% bootstrap CI] (mean ± sd over seeds); "
+                f"<a href='../{METRICS_DOC}'>metric definitions</a></p><table border='1'><tr><th>method</th>{head}"
+                f"<th>images</th><th>seeds</th></tr>{''.join(body)}</table><p><code>{command}</code></p>"
+                "</body></html>\n")
+    if fmt == "tex":
+        cols = "l" + "c" * len(metrics) + "rr"
+        lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",
+                 "Method & " + " & ".join(m.replace("@", r"@").replace("_", r"\_") for m in metrics)
+                 + r" & images & seeds \\", r"\midrule"]
+        for r in measured + reported:
+            cells = []
+            for m in metrics:
+                c = r.cells.get(m)
+                if c is None:
+                    cells.append("--")
+                    continue
+                v = f"{c.mean:.3f}"
+                cells.append((rf"\textbf{{{v}}}" if (not r.reported and r.label in best[m]) else v)
+                             + ("" if r.reported else rf" \scriptsize{{[{c.ci[0]:.3f}, {c.ci[1]:.3f}]}}"))
+            name = r.label.replace("_", r"\_") + (r"$^\dagger$" if r.reported else "")
+            lines.append(f"{name} & " + " & ".join(cells) + f" & {r.n_images} & {r.n_seeds} " + r"\\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        if reported:
+            lines.append(r"% \dagger: reported by the cited papers, not measured here")
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown format {fmt!r}: choose md, csv, html, tex")
+
+
+def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, output_root: str | Path) -> list[Path]:
+    """Bar chart of the means with their CIs, and the per-image distributions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if not r.reported]
+    paths = []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        rs = [r for r in measured if m in r.cells]
+        means = [r.cells[m].mean for r in rs]
+        err = np.array([[r.cells[m].mean - r.cells[m].ci[0], r.cells[m].ci[1] - r.cells[m].mean] for r in rs]).T
+        ax.bar(range(len(rs)), means, yerr=err if len(rs) else None, capsize=3, color="#4C72B0")
+        ax.set_xticks(range(len(rs)), [r.label for r in rs], rotation=45, ha="right", fontsize=8)
+        ax.set_title(m)
+    fig.tight_layout()
+    p = out_dir / f"{dataset}_bars.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    runs = finished_runs(output_root, dataset)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        data, labels = [], []
+        for r in measured:
+            vals = list(per_image_values([x for x in runs if x.label == r.label], m).values())
+            if vals:
+                data.append(vals)
+                labels.append(r.label)
+        if data:
+            ax.boxplot(data, showmeans=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{m} per image")
+    fig.tight_layout()
+    p = out_dir / f"{dataset}_per_image.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str | Path = "leaderboards",
+                formats: list[str] = ("md",), metrics: list[str] | None = None, methods: list[str] | None = None,
+                reported: str | Path | None = None, command: str | None = None, log_mlflow: bool = True,
+                n_boot: int = 2000) -> dict[str, Path]:
+    rows, metrics, task = build_rows(output_root, dataset, metrics, methods, n_boot)
+    if reported:
+        rows += reported_rows(reported, metrics)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = command or f"bench leaderboard --dataset {dataset} --out {out_dir}"
+    written = {}
+    for fmt in formats:
+        p = out_dir / f"{dataset}.{fmt}"
+        p.write_text(render(rows, metrics, dataset, fmt, command, task))
+        written[fmt] = p
+    for f in figures(rows, metrics, dataset, out_dir, output_root):
+        written[f.stem] = f
+    (out_dir / f"{dataset}.provenance.json").write_text(json.dumps(
+        {r.label: r.provenance for r in rows if not r.reported}, indent=1))
+    if log_mlflow:
+        from .tracking import Tracker
+
+        tr = Tracker(True, None, dataset, output_root)
+        tr.start(f"leaderboard/{dataset}", tags={"kind": "leaderboard"})
+        for p in written.values():
+            tr.log_artifact(p, "leaderboard")
+        tr.end()
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# paired comparison
+
+
+def compare(a: str, b: str, dataset: str, *, output_root: str | Path = "runs", metrics: list[str] | None = None,
+            n_boot: int = 2000) -> list[dict]:
+    """Paired per-image comparison A - B: Wilcoxon signed-rank (Holm-corrected over metrics), the median
+    difference with a bootstrap CI, and wins/ties/losses (a win is A better, whatever the metric's direction)."""
+    from scipy.stats import wilcoxon
+
+    runs = finished_runs(output_root, dataset)
+    ra = [r for r in runs if r.label == a]
+    rb = [r for r in runs if r.label == b]
+    for name, rs in ((a, ra), (b, rb)):
+        if not rs:
+            have = sorted({r.label for r in runs})
+            raise FileNotFoundError(f"no finished runs of {name!r} on {dataset!r}; have: {', '.join(have) or 'none'}")
+    task = ra[0].summary.get("task", "instance")
+    metrics = metrics or TASK_METRICS[task]
+    out = []
+    for m in metrics:
+        va, vb = per_image_values(ra, m), per_image_values(rb, m)
+        common = sorted(set(va) & set(vb))
+        if not common:
+            continue
+        d = np.array([va[i] - vb[i] for i in common])
+        sign = -1 if m in LOWER_IS_BETTER else 1
+        wins = int(np.sum(sign * d > 1e-12))
+        losses = int(np.sum(sign * d < -1e-12))
+        ties = len(d) - wins - losses
+        nonzero = d[np.abs(d) > 1e-12]
+        p = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 1 else 1.0
+        lo, hi = bootstrap_ci(d, n_boot=n_boot, stat=np.median)
+        out.append({"metric": m, "n_images": len(d), "mean_a": float(np.mean([va[i] for i in common])),
+                    "mean_b": float(np.mean([vb[i] for i in common])), "median_diff": float(np.median(d)),
+                    "ci_low": lo, "ci_high": hi, "wins": wins, "ties": ties, "losses": losses, "p": p})
+    for rec, padj in zip(out, holm([r["p"] for r in out])):
+        rec["p_holm"] = padj
+    return out

@@ -1,0 +1,125 @@
+"""Finished runs on disk, the sweep over them, and the paired statistics the leaderboard and compare use."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"hd95"}
+
+
+@dataclass
+class FinishedRun:
+    run_dir: Path
+    summary: dict
+
+    @property
+    def label(self) -> str:  # the leaderboard row: method card name plus tag
+        s = self.summary
+        return s["method"] + (f"-{s['tag']}" if s.get("tag") else "")
+
+    def table(self):
+        import pandas as pd
+
+        return pd.read_csv(self.run_dir / "metrics_per_image.csv", keep_default_na=False,
+                           dtype={"class": str, "flag": str})
+
+
+def finished_runs(output_root: str | Path, dataset: str, split: str = "test") -> list[FinishedRun]:
+    """Every finished run of a dataset under the output root (runs/<dataset>/<label>/seed<N>)."""
+    out = []
+    for summary in sorted(Path(output_root, dataset).glob("*/seed*/summary.json")):
+        s = json.loads(summary.read_text())
+        status = json.loads((summary.parent / "status.json").read_text()) if (summary.parent / "status.json").exists() else {}
+        if status.get("state") == "finished" and s.get("split") == split and (summary.parent / "metrics_per_image.csv").exists():
+            out.append(FinishedRun(summary.parent, s))
+    return out
+
+
+def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, overrides: list[str] | None = None,
+          overlay: str | None = None, data_root: str | None = None, progress: bool = True) -> dict[str, list]:
+    """Run every method x dataset x seed; finished runs with the same config are skipped, interrupted ones resumed."""
+    from .config import resolve_config
+    from .runner import CONFIG_FILE, load_run_config, read_status, run
+
+    report: dict[str, list] = {"ran": [], "skipped": [], "resumed": [], "failed": []}
+    for d in datasets:
+        for m in methods:
+            for seed in seeds:
+                cfg = resolve_config(m, d, overlay=overlay, overrides=overrides, seed=seed)
+                rd = cfg.run_dir()
+                key = f"{m}/{d}/seed{seed}"
+                resume = False
+                if (rd / CONFIG_FILE).exists():
+                    same = load_run_config(rd).config_hash() == cfg.config_hash()
+                    state = read_status(rd).get("state")
+                    if same and state == "finished" and (rd / "summary.json").exists():
+                        report["skipped"].append(key)
+                        log.info("skip %s: finished in %s", key, rd)
+                        continue
+                    if not same:
+                        report["failed"].append((key, f"{rd} holds a run with another config; use --tag"))
+                        continue
+                    resume = True
+                try:
+                    run(cfg, resume=resume, data_root=data_root, progress=progress)
+                    report["resumed" if resume else "ran"].append(key)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # one broken combination must not stop the sweep
+                    log.error("%s failed: %s", key, exc)
+                    report["failed"].append((key, f"{type(exc).__name__}: {exc}"))
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                 stat=np.mean) -> tuple[float, float]:
+    """Percentile bootstrap CI of a statistic over images (resampled with replacement)."""
+    values = np.asarray(values, float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return float(values[0]), float(values[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    stats = stat(values[idx], axis=1)
+    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (monotone, capped at 1)."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p)
+    m = len(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        adj[i] = min(1.0, running)
+    return adj.tolist()
+
+
+def per_image_values(runs: list[FinishedRun], metric: str, cls: str = "") -> "dict[str, float]":
+    """image -> value of one metric, averaged over the seeds (runs) that scored that image."""
+    import pandas as pd
+
+    frames = []
+    for r in runs:
+        t = r.table()
+        t = t[(t["metric"] == metric) & (t["class"].astype(str) == cls)] if cls else t[t["metric"] == metric]
+        if not cls and t["class"].astype(str).ne("").any():  # per-class metric: mean over classes per image
+            t = t.groupby("image", as_index=False)["value"].mean()
+        frames.append(t[["image", "value"]])
+    if not frames:
+        return {}
+    return pd.concat(frames).groupby("image")["value"].mean().to_dict()

@@ -1,0 +1,268 @@
+"""Hyper-parameter tuning with Optuna.
+
+The search space is the method card's ``tune:`` block, one entry per dotted config key::
+
+    tune:
+      train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      method.params.h: {type: float, low: 0.05, high: 0.4, step: 0.05}
+      method.params.boundary_width: {type: int, low: 1, high: 3}
+      method.params.loss: {type: categorical, choices: [l1, smooth_l1]}
+
+The objective is the best validation-split monitor value of a training run (the test split is never
+evaluated); every epoch is reported to Optuna and a median pruner stops weak trials. Each trial is an
+MLflow run nested under the study's parent run. The study lives in an Optuna storage (sqlite under the output
+root by default, or any RDB URL), so an interrupted study resumes and several worker processes can share it.
+The best parameters are written as a config overlay: ``bench run --config BEST.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .config import ConfigError, RunConfig, resolve_config
+
+log = logging.getLogger(__name__)
+
+
+class ParamSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs 'choices'")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} parameter needs low <= high")
+        return self
+
+
+def search_space(cfg: RunConfig) -> dict[str, ParamSpace]:
+    if not cfg.method.tune:
+        raise ConfigError(f"method card {cfg.method.name!r} has no 'tune:' block to search")
+    out = {}
+    for key, spec in cfg.method.tune.items():
+        try:
+            out[key] = ParamSpace.model_validate(spec)
+        except Exception as exc:
+            raise ConfigError(f"method card {cfg.method.name!r}, tune.{key}: {exc}") from None
+    return out
+
+
+def suggest(trial, space: dict[str, ParamSpace]) -> dict[str, Any]:
+    values = {}
+    for key, p in space.items():
+        if p.type == "float":
+            values[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            values[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            values[key] = trial.suggest_categorical(key, p.choices)
+    return values
+
+
+def overlay_from(params: dict[str, Any]) -> dict:
+    """{'train.lr': 0.001} -> {'train': {'lr': 0.001}} (a config overlay)."""
+    out: dict = {}
+    for key, value in params.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+class Study:
+    """A tuning study of one method on one dataset; all state is in the Optuna storage."""
+
+    def __init__(self, method: str, dataset: str, *, storage: str | None = None, overrides: list[str] | None = None,
+                 overlay: str | None = None, study_name: str | None = None, data_root: str | None = None,
+                 seed: int = 0, n_startup_trials: int = 2, n_warmup_steps: int = 1, pruner=None) -> None:
+        self.method, self.dataset = method, dataset
+        self.overrides, self.overlay, self.data_root, self.seed = list(overrides or []), overlay, data_root, seed
+        self.base = resolve_config(method, dataset, overlay=overlay, overrides=self.overrides, seed=seed)
+        self.space = search_space(self.base)
+        self.folder = Path(self.base.output_root) / self.base.dataset.name / f"{self.base.method.name}-tune"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.storage_url = storage or f"sqlite:///{(self.folder / 'optuna.db').resolve()}"
+        self.study_name = study_name or f"{self.base.method.name}-{self.base.dataset.name}"
+        self.n_startup_trials, self.n_warmup_steps = n_startup_trials, n_warmup_steps
+        self.pruner = pruner
+
+    def load(self):
+        import optuna
+
+        storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=_engine_kwargs(self.storage_url))
+        pruner = self.pruner or optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
+                                                            n_warmup_steps=self.n_warmup_steps)
+        direction = "maximize" if self.base.train.monitor_mode == "max" else "minimize"
+        return optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
+                                   pruner=pruner, sampler=optuna.samplers.TPESampler(seed=None),
+                                   load_if_exists=True)
+
+    # -- one worker ----------------------------------------------------------------------------
+    def optimize(self, n_trials: int, progress: bool = False) -> None:
+        """Run trials until the study holds `n_trials` finished (complete or pruned) ones.
+
+        Safe with several processes on one storage: a trial whose number would exceed the budget is
+        withdrawn before it trains, so the study ends with exactly `n_trials`.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        from .tracking import Tracker
+
+        study = self.load()
+        tracker = Tracker(self.base.tracking.enabled, self.base.tracking.uri,
+                          self.base.tracking.experiment or self.base.dataset.name, self.base.output_root)
+        parent_id = study.user_attrs.get("mlflow_parent_run_id")
+        if tracker.enabled and not parent_id:
+            parent_id = tracker.start(f"tune/{self.study_name}", tags={"study": self.study_name})
+            study.set_user_attr("mlflow_parent_run_id", parent_id)
+        while True:
+            if _count(study, (TrialState.COMPLETE, TrialState.PRUNED)) >= n_trials:
+                break
+            trial = study.ask()
+            live = sorted(t.number for t in study.get_trials(deepcopy=False)
+                          if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            if live.index(trial.number) >= n_trials:  # another worker took the last place
+                trial.set_user_attr("withdrawn", True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            try:
+                value = self._objective(trial, parent_id)
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            study.tell(trial, value)
+        self.write_outputs(study)
+
+    def _objective(self, trial, parent_id: str | None) -> float:
+        import optuna
+
+        values = suggest(trial, self.space)
+        sets = self.overrides + [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                                 for k, v in values.items()]
+        cfg = resolve_config(self.method, self.dataset, overlay=self.overlay, overrides=sets, seed=self.seed)
+        from .runner import run
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({value:.4f})")
+
+        run_dir = self.folder / f"trial{trial.number:04d}"
+        result = run(cfg, run_dir=run_dir, overwrite=True, data_root=self.data_root, progress=False,
+                     evaluate_test=False, on_epoch=report, parent_run_id=parent_id)
+        if result.best_value is None:
+            raise RuntimeError(f"trial {trial.number}: no validation value (is the val split empty?)")
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
+        return result.best_value
+
+    # -- outputs -------------------------------------------------------------------------------
+    def best_overlay_path(self) -> Path:
+        return self.folder / "best.yaml"
+
+    def write_outputs(self, study=None) -> Path | None:
+        """best.yaml (config overlay), trials.csv, and the Optuna figures, logged to the parent run."""
+        from optuna.trial import TrialState
+
+        study = study or self.load()
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if not done:
+            return None
+        best = study.best_trial
+        overlay = overlay_from(best.params)
+        header = (f"# best of {len(done)} complete trials of study {self.study_name!r} "
+                  f"(trial {best.number}, validation {self.base.train.monitor or 'monitor'} = {best.value:.4f})\n"
+                  f"# use: bench run --method {self.method} --dataset {self.dataset} --config {self.best_overlay_path()}\n")
+        self.best_overlay_path().write_text(header + yaml.safe_dump(overlay, sort_keys=False))
+        study.trials_dataframe().to_csv(self.folder / "trials.csv", index=False)
+        figures = self._figures(study)
+        from .tracking import Tracker
+
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent and self.base.tracking.enabled:
+            tr = Tracker(True, self.base.tracking.uri, self.base.tracking.experiment or self.base.dataset.name,
+                         self.base.output_root)
+            tr.run_id = parent
+            tr.log_metrics({"best_value": best.value, "n_complete": len(done)})
+            for f in [self.best_overlay_path(), self.folder / "trials.csv", *figures]:
+                tr.log_artifact(f)
+        return self.best_overlay_path()
+
+    def _figures(self, study) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna.visualization.matplotlib as ovm
+
+        out = []
+        for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                         ("param_importances", ovm.plot_param_importances)):
+            try:
+                ax = fn(study)
+                fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+                path = self.folder / f"{name}.png"
+                fig.savefig(path, dpi=110, bbox_inches="tight")
+                plt.close(fig)
+                out.append(path)
+            except Exception as exc:  # importances need >= 2 complete trials with varied params
+                log.info("no %s figure: %s", name, exc)
+        return out
+
+
+def _count(study, states) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in states)
+
+
+def _engine_kwargs(url: str) -> dict:
+    # several processes on one sqlite file: wait for the lock instead of failing
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+
+
+def tune(method: str, dataset: str, n_trials: int, *, workers: int = 1, storage: str | None = None,
+         overrides: list[str] | None = None, overlay: str | None = None, data_root: str | None = None,
+         seed: int = 0) -> Study:
+    """Run a study with `workers` processes on one storage (this process is one of them)."""
+    study = Study(method, dataset, storage=storage, overrides=overrides, overlay=overlay, data_root=data_root,
+                  seed=seed)
+    study.load()  # create it once before the workers race to
+    procs = []
+    for _ in range(max(0, workers - 1)):
+        cmd = [sys.executable, "-m", "bench", "tune", "--method", method, "--dataset", dataset,
+               "--trials", str(n_trials), "--storage", study.storage_url, "--workers", "1", "--seed", str(seed), "-q"]
+        for s in overrides or []:
+            cmd += ["--set", s]
+        if overlay:
+            cmd += ["--config", str(overlay)]
+        if data_root:
+            cmd += ["--data-root", str(data_root)]
+        procs.append(subprocess.Popen(cmd))
+    try:
+        study.optimize(n_trials)
+    finally:
+        codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"a tuning worker failed (exit codes {codes})")
+    study.write_outputs()
+    return study

@@ -1,0 +1,101 @@
+"""Leaderboards from real runs, and the paired comparison on a constructed pair."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.leaderboard import build_rows, compare, leaderboard
+from bench.results import bootstrap_ci, holm, sweep
+from conftest import FAST_RUN, needs_data
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lb") / "runs"
+    sets = FAST_RUN + [f"output_root={root}", "eval.max_images=4", "eval.save_predictions=false"]
+    rep = sweep(["classic_watershed", "unet"], ["bbbc039"], [0, 1], overrides=sets, progress=False)
+    assert len(rep["ran"]) == 4 and not rep["failed"], rep
+    return root, sets
+
+
+@needs_data("bbbc039")
+def test_sweep_skips_finished_runs(swept):
+    root, sets = swept
+    rep = sweep(["classic_watershed", "unet"], ["bbbc039"], [0, 1], overrides=sets, progress=False)
+    assert rep["ran"] == [] and len(rep["skipped"]) == 4
+
+
+@needs_data("bbbc039")
+def test_leaderboard_from_real_runs(swept, tmp_path):
+    root, _ = swept
+    reported = tmp_path / "reported.yaml"
+    reported.write_text("- method: paper_method\n  citation: Someone et al. 2024\n  metrics: {f1@0.50: 0.99, pq: 0.95}\n")
+    out = leaderboard("bbbc039", output_root=root, out_dir=tmp_path / "lb", formats=["md", "csv", "html", "tex"],
+                      reported=reported, log_mlflow=True, n_boot=500)
+    assert {"md", "csv", "html", "tex", "bbbc039_bars", "bbbc039_per_image"} <= set(out)
+    csv = pd.read_csv(out["csv"])
+    measured = csv[csv.kind == "measured"].set_index("method")
+    assert set(measured.index) == {"classic_watershed", "unet"}
+    assert (measured["n_seeds"] == 2).all() and (measured["n_images"] == 4).all()
+
+    # the CI brackets the mean, and the mean is the mean of the per-image tables (averaged over seeds)
+    for label, row in measured.iterrows():
+        assert row["f1@0.50_ci_low"] <= row["f1@0.50"] <= row["f1@0.50_ci_high"]
+        tables = [pd.read_csv(Path(r) / "metrics_per_image.csv") for r in row["runs"].split(";")]
+        per_img = pd.concat([t[t.metric == "f1@0.50"] for t in tables]).groupby("image")["value"].mean()
+        assert row["f1@0.50"] == pytest.approx(per_img.mean())
+        lo, hi = bootstrap_ci(per_img.values, n_boot=500)
+        assert (row["f1@0.50_ci_low"], row["f1@0.50_ci_high"]) == pytest.approx((lo, hi))
+        # every row traces to its runs: folders with summaries and MLflow ids
+        for r, rid in zip(row["runs"].split(";"), row["mlflow_run_ids"].split(";")):
+            assert json.loads((Path(r) / "summary.json").read_text())["mlflow_run_id"] == rid
+
+    # bold marks the best measured value, never the reported row
+    best = measured["pq"].idxmax()
+    md = out["md"].read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {best} |"))
+    assert f"**{measured.loc[best, 'pq']:.3f}**" in line
+    assert "paper_method (reported)" in md and "Someone et al. 2024" in md
+    assert "**0.990**" not in md
+    assert "bench leaderboard" in md and "docs/metrics.md" in md
+    assert csv[csv.kind == "reported"]["method"].tolist() == ["paper_method"]
+    assert r"\textbf" in out["tex"].read_text() and "<b>" in out["html"].read_text()
+
+
+def _fake_run(root: Path, label: str, seed: int, values: dict[str, float]) -> None:
+    d = root / "ds" / label / f"seed{seed}"
+    d.mkdir(parents=True)
+    rows = [{"image": img, "metric": "f1@0.50", "class": "", "value": v, "flag": ""} for img, v in values.items()]
+    pd.DataFrame(rows).to_csv(d / "metrics_per_image.csv", index=False)
+    (d / "summary.json").write_text(json.dumps({"method": label, "dataset": "ds", "seed": seed, "tag": "",
+                                                "split": "test", "task": "instance", "mlflow_run_id": None}))
+    (d / "status.json").write_text(json.dumps({"state": "finished"}))
+
+
+def test_compare_finds_a_known_difference(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.8, 40)
+    imgs = [f"im{i}" for i in range(40)]
+    _fake_run(tmp_path, "better", 0, dict(zip(imgs, base + 0.1 + rng.normal(0, 0.01, 40))))
+    _fake_run(tmp_path, "worse", 0, dict(zip(imgs, base)))
+    _fake_run(tmp_path, "same", 0, dict(zip(imgs, base + rng.normal(0, 0.05, 40))))
+    (res,) = compare("better", "worse", "ds", output_root=tmp_path, metrics=["f1@0.50"], n_boot=500)
+    assert res["wins"] == 40 and res["losses"] == 0
+    assert res["median_diff"] == pytest.approx(0.1, abs=0.01)
+    assert res["ci_low"] < 0.1 < res["ci_high"] and res["ci_low"] > 0.08
+    assert res["p_holm"] < 1e-6
+    (res,) = compare("same", "worse", "ds", output_root=tmp_path, metrics=["f1@0.50"], n_boot=500)
+    assert res["p_holm"] > 0.05 and res["ci_low"] < 0 < res["ci_high"]
+    with pytest.raises(FileNotFoundError, match="no finished runs of 'nope'"):
+        compare("nope", "worse", "ds", output_root=tmp_path)
+
+
+def test_holm_matches_definition():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])

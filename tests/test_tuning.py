@@ -1,0 +1,79 @@
+"""Optuna tuning: pruning, interruption and resume from the storage, two workers on one storage."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from bench.config import resolve_config
+from bench.tuning import Study, overlay_from, tune
+from conftest import FAST_RUN, needs_data
+
+pytestmark = needs_data("bbbc039")
+
+
+def finished(study):
+    from optuna.trial import TrialState
+
+    return [t for t in study.load().get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_pruned_trials_report_every_epoch(tmp_path):
+    import optuna
+
+    sets = FAST_RUN + ["train.epochs=2", "train.steps_per_epoch=1", "train.patch_size=[64,64]",
+                       "train.val_max_images=1", f"output_root={tmp_path}", "tracking.enabled=false"]
+    st = Study("unet", "bbbc039", overrides=sets, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    st.optimize(2)
+    trials = finished(st)
+    assert len(trials) == 2 and all(t.state.name == "PRUNED" for t in trials)
+    assert all(list(t.intermediate_values) == [1] for t in trials)  # reported, then pruned at the first epoch
+
+
+def test_interrupted_study_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
+    import bench.runner
+
+    sets = ["train.val_max_images=2", f"output_root={tmp_path}"]
+    st = Study("classic_watershed", "bbbc039", overrides=sets)
+    st.optimize(2)
+    first = {t.number: (t.params, t.value) for t in finished(st)}
+    assert len(first) == 2
+
+    real_run = bench.runner.run
+    monkeypatch.setattr(bench.runner, "run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        Study("classic_watershed", "bbbc039", overrides=sets).optimize(4)  # Ctrl-C during trial 3
+    monkeypatch.setattr(bench.runner, "run", real_run)
+
+    again = Study("classic_watershed", "bbbc039", overrides=sets)
+    again.optimize(4)
+    done = finished(again)
+    assert len(done) == 4
+    assert {t.number: (t.params, t.value) for t in done if t.number in first} == first  # kept as they were
+    assert len({t.number for t in done}) == 4
+    # the best parameters are a config overlay that `bench run --config` accepts
+    best = yaml.safe_load(again.best_overlay_path().read_text())
+    cfg = resolve_config("classic_watershed", "bbbc039", overlay=again.best_overlay_path())
+    assert cfg.method.params["sigma"] == best["method"]["params"]["sigma"]
+    assert (again.folder / "optimization_history.png").exists()
+    # every trial was a nested MLflow run under the study's parent
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = again.load().user_attrs["mlflow_parent_run_id"]
+    exp = client.get_experiment_by_name("bbbc039")
+    kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(kids) >= 4
+
+
+def test_two_workers_share_one_storage(tmp_path):
+    sets = ["train.val_max_images=1", f"output_root={tmp_path}", "tracking.enabled=false"]
+    st = tune("classic_watershed", "bbbc039", 5, workers=2, overrides=sets)
+    done = finished(st)
+    assert len(done) == 5
+    assert st.best_overlay_path().exists()
+
+
+def test_overlay_from_dotted_keys():
+    assert overlay_from({"train.lr": 0.1, "method.params.h": 0.2}) == {
+        "train": {"lr": 0.1}, "method": {"params": {"h": 0.2}}}
