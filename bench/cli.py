@@ -20,6 +20,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+from .cli_data import data_app  # noqa: E402  (light: typer only)
+
+app.add_typer(data_app, name="data")
+
 DataRootOpt = typer.Option(None, "--data-root", help="Folder holding the datasets (else $BENCH_DATA_ROOT).")
 SetOpt = typer.Option(None, "--set", help="Override a config key: --set train.epochs=2 (repeatable).")
 ConfigOpt = typer.Option(None, "--config", help="YAML overlay (e.g. tuned parameters, or a run's config.yaml).")

@@ -79,12 +79,18 @@ def dataset_splits(cfg: RunConfig, reader: DatasetReader) -> dict[str, list[str]
     if not ids:
         raise DataError(f"dataset {cfg.dataset.name!r}: no images found under {reader.root}")
     official = reader.official_splits() if sc.kind == "official" else None
+    # reader params (a LIVECell protocol, a block size) change the samples: their hash names the file
+    sfx = ""
+    if cfg.dataset.params:
+        import hashlib
+
+        sfx = "_p" + hashlib.sha256(json.dumps(cfg.dataset.params, sort_keys=True, default=str).encode()).hexdigest()[:8]
     if sc.kind == "kfold":
         from .data import kfold_splits
 
         return kfold_splits(ids, official, folds=sc.folds, fold=sc.fold, seed=sc.seed,
-                            path=Path(cfg.output_root) / cfg.dataset.name / f"splits_kfold{sc.folds}_seed{sc.seed}.json")
-    name = "splits_official.json" if official else f"splits_random_seed{sc.seed}.json"
+                            path=Path(cfg.output_root) / cfg.dataset.name / f"splits_kfold{sc.folds}_seed{sc.seed}{sfx}.json")
+    name = f"splits_official{sfx}.json" if official else f"splits_random_seed{sc.seed}{sfx}.json"
     return load_or_create_splits(Path(cfg.output_root) / cfg.dataset.name / name, ids, official, seed=sc.seed)
 
 

@@ -58,4 +58,6 @@ class BBBC039(DatasetReader):
             img = img[..., 0]
         if label is not None and label.shape != img.shape:
             raise DataError(f"{mask_path}: label shape {label.shape} != image shape {img.shape}")
-        return Sample(sample_id, img[None].astype(np.float32), label, (1.0, 1.0))
+        return Sample(sample_id, img[None].astype(np.float32), label, (1.0, 1.0),
+                      {"image_path": str(self.root / "images" / f"{sample_id}.tif"), "label_path": str(mask_path),
+                       "dtype": str(img.dtype)})

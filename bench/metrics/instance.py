@@ -57,13 +57,38 @@ def _per_threshold(score: str, family: str):
     return metric
 
 
-ap_metric = register_metric("ap", description="AP = TP/(TP+FP+FN) at each IoU threshold (ap@0.50 ... ap@0.95), optimal matching at IoU >= t", task=_INSTANCE, outputs=("ap",))(_per_threshold("ap", "ap"))
-f1_metric = register_metric("f1", description="F1 = 2TP/(2TP+FP+FN) at each IoU threshold (f1@0.50 ...)", task=_INSTANCE, outputs=("f1",))(_per_threshold("f1", "f1"))
-precision_metric = register_metric("precision", description="Precision TP/(TP+FP) at each IoU threshold (precision@0.50 ...)", task=_INSTANCE, outputs=("precision",))(_per_threshold("precision", "precision"))
-recall_metric = register_metric("recall", description="Recall TP/(TP+FN) at each IoU threshold (recall@0.50 ...)", task=_INSTANCE, outputs=("recall",))(_per_threshold("recall", "recall"))
+ap_metric = register_metric(
+    "ap",
+    description="AP = TP/(TP+FP+FN) at each IoU threshold (ap@0.50 ... ap@0.95), optimal matching at IoU >= t",
+    task=_INSTANCE,
+    outputs=("ap",),
+)(_per_threshold("ap", "ap"))
+f1_metric = register_metric(
+    "f1",
+    description="F1 = 2TP/(2TP+FP+FN) at each IoU threshold (f1@0.50 ...)",
+    task=_INSTANCE,
+    outputs=("f1",),
+)(_per_threshold("f1", "f1"))
+precision_metric = register_metric(
+    "precision",
+    description="Precision TP/(TP+FP) at each IoU threshold (precision@0.50 ...)",
+    task=_INSTANCE,
+    outputs=("precision",),
+)(_per_threshold("precision", "precision"))
+recall_metric = register_metric(
+    "recall",
+    description="Recall TP/(TP+FN) at each IoU threshold (recall@0.50 ...)",
+    task=_INSTANCE,
+    outputs=("recall",),
+)(_per_threshold("recall", "recall"))
 
 
-@register_metric("map", description="Mean of ap@t over the IoU thresholds (0.50:0.05:0.95 by default)", task=_INSTANCE, outputs=("map",))
+@register_metric(
+    "map",
+    description="Mean of ap@t over the IoU thresholds (0.50:0.05:0.95 by default)",
+    task=_INSTANCE,
+    outputs=("map",),
+)
 def map_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     ms, flag = image_matching(pred, gt, ctx)
     v = float(np.mean([ms[fmt_threshold(t)].scores()["ap"] for t in ctx.thresholds]))
@@ -79,12 +104,32 @@ def _pq_part(part: str):
     return metric
 
 
-pq_metric = register_metric("pq", description="Panoptic quality SQ x RQ of the foreground objects at IoU >= 0.5", task=_INSTANCE, outputs=("pq",))(_pq_part("pq"))
-sq_metric = register_metric("sq", description="Segmentation quality: mean IoU of the matches at IoU >= 0.5", task=_INSTANCE, outputs=("sq",))(_pq_part("sq"))
-rq_metric = register_metric("rq", description="Recognition quality: F1 at IoU >= 0.5", task=_INSTANCE, outputs=("rq",))(_pq_part("rq"))
+pq_metric = register_metric(
+    "pq",
+    description="Panoptic quality SQ x RQ of the foreground objects at IoU >= 0.5",
+    task=_INSTANCE,
+    outputs=("pq",),
+)(_pq_part("pq"))
+sq_metric = register_metric(
+    "sq",
+    description="Segmentation quality: mean IoU of the matches at IoU >= 0.5",
+    task=_INSTANCE,
+    outputs=("sq",),
+)(_pq_part("sq"))
+rq_metric = register_metric(
+    "rq",
+    description="Recognition quality: F1 at IoU >= 0.5",
+    task=_INSTANCE,
+    outputs=("rq",),
+)(_pq_part("rq"))
 
 
-@register_metric("counts", description="Per-image tp@t, fp@t, fn@t, sum_iou@t, n_true, n_pred (source of the pooled summaries)", task=_INSTANCE, outputs=("tp", "fp", "fn", "sum_iou", "n_true", "n_pred"))
+@register_metric(
+    "counts",
+    description="Per-image tp@t, fp@t, fn@t, sum_iou@t, n_true, n_pred (source of the pooled summaries)",
+    task=_INSTANCE,
+    outputs=("tp", "fp", "fn", "sum_iou", "n_true", "n_pred"),
+)
 def counts_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     ms, flag = image_matching(pred, gt, ctx)
     out = []

@@ -4,10 +4,11 @@ Memory is O(pixels + overlapping pairs): the overlaps come from one pass over th
 images, never from one mask per instance or a dense (n_gt x n_pred) matrix.
 
 Matching rule (stardist.matching and cellpose.metrics): a pair may match when IoU >= t; the matching maximises
-the number of matches and, among those, the summed IoU of the assigned pairs. For t >= 0.5 every object has at
-most one partner with IoU > 0.5 (and at exactly 0.5 the candidate graph is a union of stars), so the matching is
-read off directly; for t < 0.5 each connected group of overlapping objects is solved with
-scipy.optimize.linear_sum_assignment using stardist's cost, ``-(iou >= t) - iou / (2 * min(n_gt, n_pred))``.
+the number of matches and, among those, the summed IoU of the matches. For t >= 0.5 every object has at most one
+partner with IoU > 0.5 (and at exactly 0.5 the candidate graph is a union of stars), so the matching is read off
+directly; for t < 0.5 each connected group of candidate pairs is solved with scipy.optimize.linear_sum_assignment.
+(stardist's tie-break also counts the IoU of assigned pairs below t, so below 0.5 its matched pairs, never its
+counts, can differ from ours when two maximum matchings tie.)
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def _as_labels(a: np.ndarray, name: str) -> np.ndarray:
 
 def _compact(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Object ids (0 excluded), their summed weights, and for each value its object index (-1 for 0)."""
+    vmax = int(values.max()) if len(values) else 0
+    if vmax <= max(1 << 20, 4 * len(values)):  # a lookup table beats sorting
+        values = values.astype(np.intp, copy=False)
+        total = np.bincount(values, weights=weights, minlength=vmax + 1)
+        present = np.bincount(values, minlength=vmax + 1) > 0
+        present[0] = False
+        ids = np.flatnonzero(present)
+        lut = np.full(vmax + 1, -1, dtype=np.int64)
+        lut[ids] = np.arange(len(ids))
+        return ids, total[ids], lut[values]
     ids, inv = np.unique(values, return_inverse=True)
     area = np.bincount(inv, weights=weights, minlength=len(ids))
     if len(ids) and ids[0] == 0:
@@ -135,49 +146,49 @@ def _match_unique(ov: Overlaps, order: np.ndarray, cut: int) -> np.ndarray:
 
 
 def _match_general(ov: Overlaps, t: float) -> np.ndarray:
-    """Maximum matching among pairs with IoU >= t, ties broken by summed IoU of the assignment (stardist)."""
+    """Maximum matching among pairs with IoU >= t; among those, the one with the largest summed IoU.
+
+    Each connected group of candidate pairs is solved with linear_sum_assignment on the cost
+    ``-1 - iou / (2 k)`` (k = the group's smaller side, so the IoU term never outweighs one match).
+    """
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    ng, npred = ov.n_true, ov.n_pred
-    n_matched = min(ng, npred)
-    ok = ov.iou >= t
-    if n_matched == 0 or not ok.any():
+    cand = np.flatnonzero(ov.iou >= t)
+    if len(cand) == 0:
         return np.zeros(0, np.int64)
-    # connected groups of overlapping objects (gt nodes 0..ng-1, pred nodes ng..ng+npred-1); pairs that do not
-    # overlap cost 0 in stardist's assignment, so the optimum decomposes over these groups
-    m = len(ov.iou)
-    graph = coo_matrix((np.ones(m, np.int8), (ov.pair_gt, ov.pair_pred + ng)), shape=(ng + npred, ng + npred))
+    ng = ov.n_true
+    pg, pp = ov.pair_gt[cand], ov.pair_pred[cand]
+    # candidate graph: gt nodes 0..ng-1, pred nodes ng..ng+n_pred-1
+    n_nodes = ng + ov.n_pred
+    graph = coo_matrix((np.ones(len(cand), np.int8), (pg, pp + ng)), shape=(n_nodes, n_nodes))
     _, comp = connected_components(graph, directed=False)
-    pc = comp[ov.pair_gt]
-    # only groups with at least one candidate pair matter
-    active = np.zeros(comp.max() + 1, dtype=bool)
-    active[pc[ok]] = True
-    sel = np.flatnonzero(active[pc])
-    sizes = np.bincount(pc[sel], minlength=len(active))
-    out = []
-    single = sel[sizes[pc[sel]] == 1]  # a group with one pair: it matches iff IoU >= t
-    out.append(single[ok[single]])
-    multi = sel[sizes[pc[sel]] > 1]
+    pc = comp[pg]
+    sizes = np.bincount(pc)
+    single = sizes[pc] == 1  # a group of one pair: it is matched
+    out = [cand[single]]
+    multi = np.flatnonzero(~single)
     if len(multi):
         multi = multi[np.argsort(pc[multi], kind="stable")]
         bounds = np.flatnonzero(np.diff(pc[multi])) + 1
         for grp in np.split(multi, bounds):
-            rows, r_inv = np.unique(ov.pair_gt[grp], return_inverse=True)
-            cols, c_inv = np.unique(ov.pair_pred[grp], return_inverse=True)
-            s = np.zeros((len(rows), len(cols)))
-            s[r_inv, c_inv] = ov.iou[grp]
-            edge = np.full(s.shape, -1, dtype=np.int64)
-            edge[r_inv, c_inv] = grp
-            costs = -(s >= t).astype(float) - s / (2 * n_matched)
+            rows, r_inv = np.unique(pg[grp], return_inverse=True)
+            cols, c_inv = np.unique(pp[grp], return_inverse=True)
+            k = min(len(rows), len(cols))
+            costs = np.zeros((len(rows), len(cols)))
+            costs[r_inv, c_inv] = -1.0 - ov.iou[cand[grp]] / (2 * k)
+            edge = np.full(costs.shape, -1, dtype=np.int64)
+            edge[r_inv, c_inv] = cand[grp]
             ri, ci = linear_sum_assignment(costs)
-            keep = s[ri, ci] >= t
-            out.append(edge[ri[keep], ci[keep]])
+            e = edge[ri, ci]
+            out.append(e[e >= 0])
     return np.concatenate(out)
 
 
-def match_instances(pred: np.ndarray, gt: np.ndarray, thresholds=(0.5,), ov: Overlaps | None = None) -> list[MatchCounts]:
+def match_instances(
+    pred: np.ndarray, gt: np.ndarray, thresholds=(0.5,), ov: Overlaps | None = None
+) -> list[MatchCounts]:
     """Optimal one-to-one matching of predicted to reference objects at each IoU threshold.
 
     Counts equal stardist.matching.matching(gt, pred, thresh=t) exactly (criterion 'iou', IoU >= t matches).

@@ -27,17 +27,47 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.n
                 "set num_classes in the metric context"
             )
     dt = np.int16 if num_classes * num_classes < 2**15 else np.int64
-    code = g.astype(dt) * dt(num_classes) + p.astype(dt) if dt is np.int16 else g.astype(np.int64) * num_classes + p
+    code = g.astype(dt) * dt(num_classes) + p.astype(dt)
     return np.bincount(code, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def _classes(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Confusion matrix and the (index, name) of the classes to report: foreground for instance, 1.. for semantic."""
+def class_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class c in 0..num_classes-1: (|pred==c & gt==c|, |gt==c|, |pred==c|).
+
+    Few classes: one boolean pass per class (cheaper than a bincount over a big volume); many: the confusion matrix.
+    """
+    if num_classes > 8:
+        cm = confusion_matrix(pred, gt, num_classes)
+        return np.diag(cm).astype(np.int64), cm.sum(axis=1), cm.sum(axis=0)
+    p = np.asarray(pred)
+    g = np.asarray(gt)
+    for name, a in (("pred", p), ("gt", g)):
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= num_classes):
+            raise ValueError(
+                f"{name} holds class indices outside 0..{num_classes - 1} (min {a.min()}, max {a.max()}); "
+                "set num_classes in the metric context"
+            )
+    inter = np.zeros(num_classes, np.int64)
+    n_gt = np.zeros(num_classes, np.int64)
+    n_pred = np.zeros(num_classes, np.int64)
+    for c in range(1, num_classes):
+        gm = g == c
+        pm = p == c
+        n_gt[c] = np.count_nonzero(gm)
+        n_pred[c] = np.count_nonzero(pm)
+        inter[c] = np.count_nonzero(gm & pm) if n_gt[c] and n_pred[c] else 0
+    n_gt[0] = g.size - n_gt.sum()
+    n_pred[0] = p.size - n_pred.sum()
+    return inter, n_gt, n_pred
+
+
+def _classes(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext):
+    """Per-class counts and the (index, name) of the classes to report: foreground for instance, 1.. for semantic."""
     if ctx.task == "instance":
-        cm = cached(ctx, "fg_confusion", lambda: confusion_matrix(pred > 0, gt > 0, 2))
-        return cm, [(1, "")]
-    cm = cached(ctx, "confusion", lambda: confusion_matrix(pred, gt, ctx.num_classes))
-    return cm, [(c, ctx.class_name(c)) for c in ctx.foreground_classes()]
+        counts = cached(ctx, "fg_counts", lambda: class_counts(np.asarray(pred) > 0, np.asarray(gt) > 0, 2))
+        return counts, [(1, "")]
+    counts = cached(ctx, "class_counts", lambda: class_counts(pred, gt, ctx.num_classes))
+    return counts, [(c, ctx.class_name(c)) for c in ctx.foreground_classes()]
 
 
 def overlap_scores(inter: float, n_gt: float, n_pred: float) -> tuple[float, float, str]:
@@ -52,22 +82,30 @@ def overlap_scores(inter: float, n_gt: float, n_pred: float) -> tuple[float, flo
 
 
 def _overlap_metric(pred, gt, ctx: MetricContext, which: int, name: str) -> list[MetricValue]:
-    cm, classes = _classes(pred, gt, ctx)
-    rows = cm.sum(axis=1)
-    cols = cm.sum(axis=0)
+    (inter, n_gt, n_pred), classes = _classes(pred, gt, ctx)
     out = []
     for c, cname in classes:
-        s = overlap_scores(float(cm[c, c]), float(rows[c]), float(cols[c]))
+        s = overlap_scores(float(inter[c]), float(n_gt[c]), float(n_pred[c]))
         out.append(MetricValue(name, s[which], cname, s[2]))
     return out
 
 
-@register_metric("dice", description="Dice 2|A&B|/(|A|+|B|) per foreground class (instance task: foreground); both empty = 1", task=("semantic", "instance"), outputs=("dice",))
+@register_metric(
+    "dice",
+    description="Dice 2|A&B|/(|A|+|B|) per foreground class (instance task: foreground); both empty = 1",
+    task=("semantic", "instance"),
+    outputs=("dice",),
+)
 def dice_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     return _overlap_metric(pred, gt, ctx, 0, "dice")
 
 
-@register_metric("iou", description="IoU (Jaccard) |A&B|/|A or B| per foreground class (instance task: foreground); both empty = 1", task=("semantic", "instance"), outputs=("iou",))
+@register_metric(
+    "iou",
+    description="IoU (Jaccard) |A&B|/|A or B| per foreground class (instance task: foreground); both empty = 1",
+    task=("semantic", "instance"),
+    outputs=("iou",),
+)
 def iou_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     return _overlap_metric(pred, gt, ctx, 1, "iou")
 
@@ -76,7 +114,12 @@ def _present(pred, gt, ctx: MetricContext, c: int) -> tuple[np.ndarray, np.ndarr
     return np.asarray(pred) == c, np.asarray(gt) == c
 
 
-@register_metric("hd95", description="95th-percentile symmetric Hausdorff distance per foreground class, physical units (MONAI's definition)", task=("semantic",), outputs=("hd95",))
+@register_metric(
+    "hd95",
+    description="95th-percentile symmetric Hausdorff distance per foreground class in physical units (MONAI)",
+    task=("semantic",),
+    outputs=("hd95",),
+)
 def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     spacing = ctx.spacing_for(np.ndim(pred))
     out = []
@@ -87,7 +130,12 @@ def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[Me
     return out
 
 
-@register_metric("bf1", description="Boundary F1 (DAVIS boundaries, tolerance boundary_tolerance) per foreground class", task=("semantic",), outputs=("bf1",))
+@register_metric(
+    "bf1",
+    description="Boundary F1 (DAVIS boundaries, tolerance boundary_tolerance) per foreground class",
+    task=("semantic",),
+    outputs=("bf1",),
+)
 def bf1_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     tol = tolerance_pixels(ctx.boundary_tolerance, np.shape(pred))
     out = []

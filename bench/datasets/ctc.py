@@ -1,0 +1,127 @@
+"""Cell Tracking Challenge training datasets (celltrackingchallenge.net), segmentation ground truth only.
+
+Official layout of one dataset (e.g. ``DIC-C2DH-HeLa/``)::
+
+    01/t000.tif ...                 frames of sequence 01 (t0000.tif for sequences of 1000+ frames)
+    01_GT/SEG/man_seg000.tif        gold-truth instance masks, for some frames only
+    01_GT/SEG/man_seg_000_042.tif   3D datasets: gold truth of z-slice 42 of frame 000
+    01_GT/TRA/...                   tracking markers (not used)
+    01_ST/SEG/man_seg000.tif        silver truth (computer-generated, most frames; CTC 2020+)
+    02/, 02_GT/, 02_ST/             the second sequence
+
+Only frames that have a SEG file are samples (ids ``<seq>_t<TTT>``, or ``<seq>_t<TTT>_z<ZZZ>`` for slice
+annotations of 3D frames, read page by page so a slice does not load the whole frame). With a 2D card
+(``ndim: 2``) a 3D dataset gives one sample per annotated slice; with a 3D card only full-volume SEG files
+(``man_segTTT.tif`` of a 3D frame) are used.
+
+Params: ``sequences`` (default both), ``use_silver_truth``: add frames that have only a silver-truth mask (gold
+truth is used wherever it exists; ``silver_only: true`` uses ST masks everywhere). Gold SEG masks of some
+datasets annotate only part of the cells of a frame: instance scores there undercount true positives.
+
+Splits: none official (test-set ground truth is withheld by the challenge); ``test_sequences: ["02"]`` makes
+an explicit split by sequence, else the core splits frames at random (seeded; frames of one sequence are
+correlated, so prefer the sequence split when both sequences are labelled).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ..data import DataError, DatasetReader, Sample
+from ..registry import register_dataset
+from ._common import card_spacing, read_array, read_tiff_page, to_image, to_label
+
+SEG_RE = re.compile(r"^man_seg_?(\d+)(?:_(\d+))?\.tiff?$")
+
+
+class CTCParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sequences: list[str] = ["01", "02"]
+    use_silver_truth: bool = False
+    silver_only: bool = False
+    test_sequences: list[str] | None = None
+
+
+@register_dataset("ctc", description="Cell Tracking Challenge (01/t000.tif, 01_GT/SEG/man_seg000.tif, ST)")
+class CTC(DatasetReader):
+    Params = CTCParams
+
+    def _seg_files(self, seq: str, kind: str) -> dict[str, Path]:
+        """sample id -> SEG file of one sequence, GT or ST."""
+        folder = self.root / f"{seq}_{kind}" / "SEG"
+        out: dict[str, Path] = {}
+        if not folder.is_dir():
+            return out
+        for p in sorted(folder.iterdir()):
+            m = SEG_RE.match(p.name)
+            if not m:
+                continue
+            t, z = m.group(1), m.group(2)
+            if z is not None and self.card.ndim == 3:
+                continue  # slice annotations of a 3D frame cannot label a 3D sample
+            sid = f"{seq}_t{t}" + (f"_z{z}" if z is not None else "")
+            out[sid] = p
+        return out
+
+    @cached_property
+    def _index(self) -> dict[str, tuple[str, Path]]:
+        """sample id -> (sequence, SEG file); no pixel data read."""
+        p = self.params
+        out: dict[str, tuple[str, Path]] = {}
+        found_seq = False
+        for seq in p.sequences:
+            if not (self.root / seq).is_dir():
+                continue
+            found_seq = True
+            gold = {} if p.silver_only else self._seg_files(seq, "GT")
+            silver = self._seg_files(seq, "ST") if (p.use_silver_truth or p.silver_only) else {}
+            for sid, f in {**silver, **gold}.items():  # gold wins where both exist
+                out[sid] = (seq, f)
+        if not found_seq:
+            raise DataError(f"ctc: none of the sequences {p.sequences} found under {self.root} "
+                            f"(expected {self.root / p.sequences[0]}/t000.tif ...)")
+        return dict(sorted(out.items()))
+
+    def list_ids(self) -> list[str]:
+        return list(self._index)
+
+    def official_splits(self) -> dict[str, list[str]] | None:
+        test_seq = self.params.test_sequences
+        if not test_seq:
+            return None
+        ids = self.list_ids()
+        return {"train": [i for i in ids if i.split("_")[0] not in test_seq],
+                "test": [i for i in ids if i.split("_")[0] in test_seq]}
+
+    def _frame(self, seq: str, t: str) -> Path:
+        folder = self.root / seq
+        for digits in {len(t), 3, 4}:
+            p = folder / f"t{int(t):0{digits}d}.tif"
+            if p.exists():
+                return p
+        raise DataError(f"ctc: missing frame for mask {seq}_t{t}: expected {folder / f't{t}.tif'}")
+
+    def load(self, sample_id: str) -> Sample:
+        if sample_id not in self._index:
+            raise DataError(f"ctc: no annotated frame {sample_id!r} under {self.root}")
+        seq, seg = self._index[sample_id]
+        m = SEG_RE.match(seg.name)
+        t, z = m.group(1), m.group(2)
+        frame = self._frame(seq, t)
+        if z is not None:  # one annotated slice of a 3D frame: read that page only
+            raw = read_tiff_page(frame, int(z))
+        else:
+            raw = read_array(frame)
+        lab = read_array(seg, "label")
+        if z is None and self.card.ndim == 2 and raw.ndim == 3 and lab.ndim == 2 and raw.shape[-1] not in (3, 4):
+            raise DataError(f"ctc: frame {frame} is 3D {raw.shape} but its mask {seg} is 2D: use a 3D card")
+        spatial = raw.shape[: lab.ndim] if raw.ndim > lab.ndim and raw.shape[-1] in (3, 4) else raw.shape
+        label = to_label(lab, seg, shape=tuple(spatial), image_path=frame)
+        image = to_image(raw, frame, self.card.ndim, self.card.channels)
+        return Sample(sample_id, image, label, card_spacing(self.card, self.card.ndim),
+                      {"image_path": str(frame), "label_path": str(seg), "dtype": str(raw.dtype),
+                       "truth": seg.parent.parent.name.split("_")[-1]})
