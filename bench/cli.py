@@ -26,7 +26,8 @@ app.add_typer(data_app, name="data")
 
 DataRootOpt = typer.Option(None, "--data-root", help="Folder holding the datasets (else $BENCH_DATA_ROOT).")
 SetOpt = typer.Option(None, "--set", help="Override a config key: --set train.epochs=2 (repeatable).")
-ConfigOpt = typer.Option(None, "--config", help="YAML overlay (e.g. tuned parameters, or a run's config.yaml).")
+ConfigOpt = typer.Option(None, "--config", help="YAML overlay (tuned parameters, a preset, a run's config.yaml); "
+                         "repeatable, later files win.")
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -76,7 +77,7 @@ def config_show(
     method: Optional[str] = typer.Option(None, "--method", "-m"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
     sets: Optional[list[str]] = SetOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[list[Path]] = ConfigOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
 ) -> None:
     """Print the fully resolved config of a method on a dataset."""
@@ -95,7 +96,7 @@ def run(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method card (see `bench list methods`)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset card (see `bench list datasets`)."),
     sets: Optional[list[str]] = SetOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[list[Path]] = ConfigOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
     tag: Optional[str] = typer.Option(None, "--tag", help="Name variant runs: RUNS/<dataset>/<method>-<tag>/seedN."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write (default RUNS/<dataset>/<method>/seedN)."),
@@ -174,7 +175,7 @@ def sweep(
     datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset cards."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     sets: Optional[list[str]] = SetOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[list[Path]] = ConfigOpt,
     data_root: Optional[Path] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -261,7 +262,7 @@ def tune(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite under the runs)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes sharing the storage."),
     sets: Optional[list[str]] = SetOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[list[Path]] = ConfigOpt,
     seed: int = typer.Option(0, "--seed"),
     data_root: Optional[Path] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -272,7 +273,7 @@ def tune(
         from .tuning import tune as tune_fn
 
         study = tune_fn(method, dataset, trials, workers=workers, storage=storage, overrides=sets,
-                        overlay=str(config) if config else None, data_root=str(data_root) if data_root else None,
+                        overlay=[str(c) for c in config or []], data_root=str(data_root) if data_root else None,
                         seed=seed)
         typer.echo(f"study {study.study_name} in {study.storage_url}\nbest parameters: {study.best_overlay_path()}")
 

@@ -363,12 +363,14 @@ def resolve_config(
     method: str | None = None,
     dataset: str | None = None,
     *,
-    overlay: str | Path | None = None,
+    overlay: str | Path | list | tuple | None = None,
     overrides: list[str] | None = None,
     seed: int | None = None,
 ) -> RunConfig:
-    """The fully resolved, validated run config."""
-    user: dict = read_yaml(Path(overlay)) if overlay else {}
+    """The fully resolved, validated run config. `overlay`: one file or several, merged in order."""
+    user: dict = {}
+    for path in ([overlay] if isinstance(overlay, (str, Path)) else list(overlay or [])):
+        user = deep_merge(user, read_yaml(Path(path)))
     user = deep_merge(user, parse_overrides(overrides))
     if seed is not None:
         user["seed"] = seed

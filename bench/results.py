@@ -43,7 +43,7 @@ def finished_runs(output_root: str | Path, dataset: str, split: str = "test") ->
 
 
 def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, overrides: list[str] | None = None,
-          overlay: str | None = None, data_root: str | None = None, progress: bool = True) -> dict[str, list]:
+          overlay: "str | list[str] | None" = None, data_root: str | None = None, progress: bool = True) -> dict[str, list]:
     """Run every method x dataset x seed; finished runs with the same config are skipped, interrupted ones resumed."""
     from .config import resolve_config
     from .runner import CONFIG_FILE, load_run_config, read_status, run

@@ -90,7 +90,7 @@ class Study:
     """A tuning study of one method on one dataset; all state is in the Optuna storage."""
 
     def __init__(self, method: str, dataset: str, *, storage: str | None = None, overrides: list[str] | None = None,
-                 overlay: str | None = None, study_name: str | None = None, data_root: str | None = None,
+                 overlay: "str | list[str] | None" = None, study_name: str | None = None, data_root: str | None = None,
                  seed: int = 0, n_startup_trials: int = 2, n_warmup_steps: int = 1, pruner=None) -> None:
         self.method, self.dataset = method, dataset
         self.overrides, self.overlay, self.data_root, self.seed = list(overrides or []), overlay, data_root, seed
@@ -241,7 +241,7 @@ def _engine_kwargs(url: str) -> dict:
 
 
 def tune(method: str, dataset: str, n_trials: int, *, workers: int = 1, storage: str | None = None,
-         overrides: list[str] | None = None, overlay: str | None = None, data_root: str | None = None,
+         overrides: list[str] | None = None, overlay: "str | list[str] | None" = None, data_root: str | None = None,
          seed: int = 0) -> Study:
     """Run a study with `workers` processes on one storage (this process is one of them)."""
     study = Study(method, dataset, storage=storage, overrides=overrides, overlay=overlay, data_root=data_root,
@@ -253,8 +253,8 @@ def tune(method: str, dataset: str, n_trials: int, *, workers: int = 1, storage:
                "--trials", str(n_trials), "--storage", study.storage_url, "--workers", "1", "--seed", str(seed), "-q"]
         for s in overrides or []:
             cmd += ["--set", s]
-        if overlay:
-            cmd += ["--config", str(overlay)]
+        for o in ([overlay] if isinstance(overlay, (str, Path)) else list(overlay or [])):
+            cmd += ["--config", str(o)]
         if data_root:
             cmd += ["--data-root", str(data_root)]
         procs.append(subprocess.Popen(cmd))

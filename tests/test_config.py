@@ -83,3 +83,12 @@ def test_bad_yaml_names_file(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         resolve_config("unet", "bbbc039", overlay=bad)
+
+
+def test_several_overlays_merge_in_order(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("train: {epochs: 3, lr: 0.01}\n")
+    b.write_text("train: {lr: 0.02}\nmethod:\n  params:\n    network: {name: monai_unet, options: {_delete_: true, channels: [8, 16]}}\n")
+    cfg = resolve_config("unet", "bbbc039", overlay=[a, b])
+    assert (cfg.train.epochs, cfg.train.lr) == (3, 0.02)
+    assert cfg.method.params["network"] == {"name": "monai_unet", "options": {"channels": [8, 16]}}
