@@ -114,7 +114,8 @@ def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
     return main, f"[{c.ci[0]:.{digits}f}, {c.ci[1]:.{digits}f}] ({c.seed_mean:.{digits}f} ± {c.seed_sd:.{digits}f})"
 
 
-def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str) -> str:
+def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str,
+           note: str | None = None) -> str:
     best = best_labels(rows, metrics)
     measured = [r for r in rows if not r.reported]
     reported = [r for r in rows if r.reported]
@@ -142,7 +143,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                  f"Each cell: mean over test images (per-image values averaged over seeds), its 95% bootstrap "
                  f"confidence interval over images, and (mean ± sd over seeds). Best measured value per column in "
                  f"bold. Metric definitions: [{METRICS_DOC}](../{METRICS_DOC}). Regenerate with:", "",
-                 f"    {command}", "",
+                 f"    {command}", "", *([note, ""] if note else []),
                  "| method | " + " | ".join(metrics) + " | images | seeds |",
                  "|---|" + "---|" * len(metrics) + "---|---|"]
         for r in measured:
@@ -251,7 +252,7 @@ def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, ou
 def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str | Path = "leaderboards",
                 formats: list[str] = ("md",), metrics: list[str] | None = None, methods: list[str] | None = None,
                 reported: str | Path | None = None, command: str | None = None, log_mlflow: bool = True,
-                n_boot: int = 2000) -> dict[str, Path]:
+                n_boot: int = 2000, note: str | None = None) -> dict[str, Path]:
     rows, metrics, task = build_rows(output_root, dataset, metrics, methods, n_boot)
     if reported:
         rows += reported_rows(reported, metrics)
@@ -261,7 +262,7 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
     written = {}
     for fmt in formats:
         p = out_dir / f"{dataset}.{fmt}"
-        p.write_text(render(rows, metrics, dataset, fmt, command, task))
+        p.write_text(render(rows, metrics, dataset, fmt, command, task, note))
         written[fmt] = p
     for f in figures(rows, metrics, dataset, out_dir, output_root):
         written[f.stem] = f
