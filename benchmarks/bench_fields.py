@@ -40,18 +40,12 @@ from bench.fields import (  # noqa: E402
 
 
 def load_labels(root: Path, stem: str) -> np.ndarray:
+    """BBBC039 mask PNG -> instance labels, with the dataset reader's decoder."""
     import imageio.v3 as iio
-    from skimage.measure import label
 
-    code = iio.imread(root / "masks" / f"{stem}.png")[..., 0]
-    out = np.zeros(code.shape, dtype=np.int32)
-    n = 0
-    for c in np.unique(code):
-        if c:
-            lab, k = label(code == c, connectivity=1, return_num=True)
-            out[lab > 0] = lab[lab > 0] + n
-            n += k
-    return out
+    from bench.datasets.bbbc039 import decode_bbbc039_mask
+
+    return decode_bbbc039_mask(iio.imread(root / "masks" / f"{stem}.png"))
 
 
 def load_image(root: Path, stem: str) -> np.ndarray:

@@ -41,20 +41,12 @@ needs_bbbc = pytest.mark.skipif(not (BBBC / "metadata" / "test.txt").is_file(), 
 
 
 def load_bbbc_labels(stem: str) -> np.ndarray:
-    """BBBC039 mask PNG -> instance labels: each 4-connected component of one colour code is a nucleus."""
+    """BBBC039 mask PNG -> instance labels, with the dataset reader's decoder."""
     import imageio.v3 as iio
-    from skimage.measure import label
 
-    code = iio.imread(BBBC / "masks" / f"{stem}.png")[..., 0]
-    out = np.zeros(code.shape, dtype=np.int32)
-    n = 0
-    for c in np.unique(code):
-        if c == 0:
-            continue
-        lab, k = label(code == c, connectivity=1, return_num=True)
-        out[lab > 0] = lab[lab > 0] + n
-        n += k
-    return out
+    from bench.datasets.bbbc039 import decode_bbbc039_mask
+
+    return decode_bbbc039_mask(iio.imread(BBBC / "masks" / f"{stem}.png"))
 
 
 def test_stems(k: int) -> list[str]:
