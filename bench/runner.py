@@ -62,6 +62,16 @@ class RunResult:
 def open_dataset(cfg: RunConfig, data_root: str | None = None) -> DatasetReader:
     reader_cls = DATASETS.get(cfg.dataset.reader)
     root = resolve_data_root(data_root or cfg.data_root) / cfg.dataset.root
+    if not root.exists() and cfg.dataset.source.urls and os.environ.get("BENCH_NO_DOWNLOAD") != "1":
+        from .datatools import fetch_dataset
+
+        log.info("dataset %s not at %s: downloading it from its official source", cfg.dataset.name, root)
+        try:
+            fetch_dataset(cfg.dataset.name, data_root=data_root or cfg.data_root)
+        except DataError as exc:  # offline, or the source moved: say where the files go by hand
+            raise DataError(f"dataset {cfg.dataset.name!r} not found at {root}, and the download failed: {exc}. "
+                            f"Set the data root with --data-root or $BENCH_DATA_ROOT (the folder that holds "
+                            f"{cfg.dataset.root}/), or put the files there by hand.") from None
     if not root.exists():
         raise DataError(
             f"dataset {cfg.dataset.name!r} not found at {root}. Set the data root with --data-root or "

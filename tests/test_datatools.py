@@ -340,3 +340,18 @@ def test_check_uses_the_splits_a_run_uses(tmp_path, overrides):
     cfg = resolve_config("unet", "isbi2012", overrides=[f"dataset.{o}" for o in overrides] + [f"output_root={tmp_path}"])
     card = load_dataset_card("isbi2012", overrides)
     assert reader_splits(card, open_reader(card, DATA_ROOT)) == dataset_splits(cfg, open_dataset(cfg, str(DATA_ROOT)))
+
+
+def test_run_downloads_a_missing_dataset_from_its_source(server, cards, tmp_path):
+    """`bench run` on a dataset that is not in the data root fetches it (here from a local server)."""
+    from bench.config import resolve_config
+    from bench.runner import run
+
+    folder, url = server
+    sha = _zip_dataset(folder / "auto.zip", "auto")
+    _card(cards, "auto", {"auto.zip": f"{url}/auto.zip"}, {"auto.zip": f"sha256:{sha}"})
+    cfg = resolve_config("classic_watershed", "auto", overrides=[
+        f"output_root={tmp_path / 'runs'}", "tracking.enabled=false", "method.params.min_size=5"])
+    res = run(cfg, data_root=str(tmp_path / "data"), progress=False)
+    assert (tmp_path / "data" / "fetched" / "auto" / "images").is_dir()
+    assert res.summary["n_images"] >= 1
