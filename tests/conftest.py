@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("BENCH_DATA_ROOT", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+# absolute, so that CLI subprocesses started in temporary folders find it too
+os.environ["BENCH_DATA_ROOT"] = str(Path(os.environ["BENCH_DATA_ROOT"]).resolve())
 
 DATA_ROOT = Path(os.environ["BENCH_DATA_ROOT"])
 
