@@ -214,7 +214,9 @@ def leaderboard_cmd(
     def body():
         from .leaderboard import leaderboard
 
-        command = "bench leaderboard " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+        import shlex
+
+        command = "bench leaderboard " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else None
         written = leaderboard(dataset, output_root=output_root, out_dir=out, formats=_csv(formats),
                               metrics=_csv(metrics) or None, methods=_csv(methods) or None, reported=reported,
                               command=command, log_mlflow=not no_mlflow, note=note)
