@@ -17,6 +17,7 @@ The best parameters are written as a config overlay: ``bench run --config BEST.y
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -158,8 +159,8 @@ class Study:
         import optuna
 
         values = suggest(trial, self.space)
-        sets = self.overrides + [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                                 for k, v in values.items()]
+        # JSON is valid YAML: `--set` parses the value back to the same number, string or list
+        sets = self.overrides + [f"{k}={json.dumps(v)}" for k, v in values.items()]
         cfg = resolve_config(self.method, self.dataset, overlay=self.overlay, overrides=sets, seed=self.seed)
         from .runner import run
 

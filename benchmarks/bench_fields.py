@@ -25,9 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-from scipy import ndimage as ndi
-from scipy.sparse.linalg import splu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fields import (  # noqa: E402
@@ -54,31 +51,9 @@ def load_image(root: Path, stem: str) -> np.ndarray:
     return tifffile.imread(root / "images" / f"{stem}.tif")
 
 
-def reference_poisson(labels: np.ndarray) -> np.ndarray:
-    """One scipy splu per cell on its own pixels (the paper's formulation)."""
-    nd = labels.ndim
-    out = np.zeros(labels.shape)
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        m = labels[sl] == i
-        n = int(m.sum())
-        idx = -np.ones(m.shape, dtype=np.int64)
-        idx[m] = np.arange(n)
-        rows, cols, vals = [np.arange(n)], [np.arange(n)], [np.full(n, 2.0 * nd)]
-        for d in range(nd):
-            a = [slice(None)] * nd
-            b = [slice(None)] * nd
-            a[d], b[d] = slice(None, -1), slice(1, None)
-            both = m[tuple(a)] & m[tuple(b)]
-            p, q = idx[tuple(a)][both], idx[tuple(b)][both]
-            rows += [p, q]
-            cols += [q, p]
-            vals += [-np.ones(p.size)] * 2
-        mat = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-        u = splu(mat).solve(np.ones(n))
-        out[sl][m] = u / u.max()
-    return out
+# the per-cell sparse LU reference lives in the test suite; one copy serves both
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_fields import reference_poisson  # noqa: E402
 
 
 def counts(gt: np.ndarray, pred: np.ndarray) -> dict:
