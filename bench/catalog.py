@@ -21,6 +21,12 @@ def list_rows(kind: str, pattern: str = "*", data_root: Path | None = None) -> t
                 card = load_card_dict(path, "methods")
                 impl = card.get("impl", "?")
                 avail = METHODS.entry(impl).availability()
+                if avail == "ok":  # the method's own check sees its card's params (a weights path)
+                    from .config import validate
+
+                    cls = METHODS.get(impl)
+                    params = validate(cls.Params, card.get("params") or {}, f"method card {name!r}", "method.params.")
+                    avail = cls.availability(params) or "ok"
                 desc = card.get("description") or METHODS.entry(impl).description
             except (ConfigError, RegistryError) as exc:
                 impl, avail, desc = "?", f"broken card: {exc}", ""
@@ -33,18 +39,21 @@ def list_rows(kind: str, pattern: str = "*", data_root: Path | None = None) -> t
             if not fnmatch.fnmatchcase(name, pattern):
                 continue
             card = load_card_dict(path, "datasets")
-            where = root / card.get("root", name)
+            generated = "root" in card and card["root"] is None
+            where = root / (card.get("root") or name)
             try:
                 avail = DATASETS.entry(card.get("reader", "?")).availability()
             except RegistryError as exc:
                 avail = f"broken card: {exc}"
-            if avail == "ok" and not where.exists():
+            if avail == "ok" and not generated and not where.exists():
                 avail = f"not downloaded ({where}; `bench data fetch {name}`)"
             rows.append((name, card.get("task", "?"), f"{card.get('ndim', 2)}D", card.get("description", ""), avail))
         return rows, ["name", "task", "dim", "description", "availability"]
-    registries = {"metrics": METRICS, "networks": NETWORKS}
+    from .registry import TARGETS
+
+    registries = {"metrics": METRICS, "networks": NETWORKS, "targets": TARGETS}
     if kind not in registries:
-        raise ValueError(f"unknown kind {kind!r}: choose methods, datasets, metrics or networks")
+        raise ValueError(f"unknown kind {kind!r}: choose methods, datasets, metrics, networks or targets")
     reg = registries[kind]
     rows = []
     for name in reg.names(pattern):

@@ -51,7 +51,7 @@ def _guard(fn, *args, **kwargs):
 
 @app.command("list")
 def list_cmd(
-    kind: str = typer.Argument(..., help="methods | datasets | metrics | networks"),
+    kind: str = typer.Argument(..., help="methods | datasets | metrics | networks | targets"),
     pattern: str = typer.Argument("*", help="Shell wildcard filter, e.g. '*unet*'."),
     data_root: Optional[Path] = DataRootOpt,
 ) -> None:
@@ -187,7 +187,9 @@ def sweep(
         rep = sweep_fn(_csv(methods), _csv(datasets), [int(s) for s in _csv(seeds)], overrides=sets,
                        overlay=config, data_root=str(data_root) if data_root else None, progress=not quiet)
         typer.echo(f"ran {len(rep['ran'])}, resumed {len(rep['resumed'])}, skipped {len(rep['skipped'])} "
-                   f"(finished), failed {len(rep['failed'])}")
+                   f"(finished), unavailable {len(rep['unavailable'])}, failed {len(rep['failed'])}")
+        for key, why in rep["unavailable"]:
+            typer.secho(f"  skipped {key}: {why}", fg=typer.colors.YELLOW, err=True)
         for key, why in rep["failed"]:
             typer.secho(f"  failed {key}: {why}", fg=typer.colors.RED, err=True)
         if rep["failed"]:
@@ -293,8 +295,10 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _print_summary(summary: dict, run_dir) -> None:
+    from .metrics import headline_metrics
+
     m = summary.get("metrics", {})
-    keys = [k for k in ("f1@0.50", "ap@0.50", "map", "pq", "sq", "rq", "dice", "iou", "hd95", "bf1") if k in m]
+    keys = [k for k in headline_metrics(summary.get("task", "instance")) if k in m]
     shown = ", ".join(f"{k}={m[k]:.4f}" for k in keys)
     typer.echo(f"{summary['method']} on {summary['dataset']} ({summary['split']}, {summary['n_images']} images): "
                f"{shown}\nrun directory: {run_dir}")

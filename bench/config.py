@@ -35,6 +35,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def check_name(v: str, what: str = "name") -> str:
+    """Names that become folder names (tags, method/dataset card names, stages): no separators, no '..'."""
+    if not v or not all(c.isalnum() or c in "-_." for c in v) or v.startswith("."):
+        raise ValueError(f"{what} {v!r}: may hold letters, digits, '-', '_' and '.' only, not start with '.'")
+    return v
+
+
 # ------------------------------------------------------------------------------------------------
 # schemas
 
@@ -49,6 +56,11 @@ class NormalizeConfig(Strict):
     kind: Literal["percentile", "zscore", "none"] = "percentile"
     low: float = 1.0
     high: float = 99.8
+
+
+class SamplingConfig(Strict):
+    foreground_fraction: float = Field(0.0, ge=0, le=1, description="share of patches centred on foreground "
+                                       "(nnU-Net uses 0.33 for sparse 3D targets)")
 
 
 class TrainConfig(Strict):
@@ -70,6 +82,7 @@ class TrainConfig(Strict):
     early_stopping_patience: int | None = Field(None, ge=1)
     max_train_images: int | None = Field(None, ge=1)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     device: str = "auto"  # auto: cuda when present, else cpu
     deterministic: bool = True
 
@@ -110,9 +123,17 @@ class MethodCard(Strict):
     description: str = ""
     paper: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
+    # datasets the method opens besides the run's own: role -> dataset card name (an unlabelled target
+    # domain, a generated synthetic set); resolved into RunConfig.extra_datasets and recorded in provenance
+    extra_datasets: dict[str, str] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     tune: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, v: str) -> str:
+        return check_name(v, "method name")
 
 
 class DatasetCard(Strict):
@@ -124,7 +145,7 @@ class DatasetCard(Strict):
     channels: int = Field(1, ge=1)
     classes: list[str] = Field(default_factory=lambda: ["background", "foreground"])
     spacing: list[float] | None = None
-    root: str  # relative to the data root
+    root: str | None  # relative to the data root; null for a generated dataset (no files on disk)
     license: str = ""
     citation: str = ""
     source: SourceInfo = Field(default_factory=SourceInfo)
@@ -138,10 +159,20 @@ class DatasetCard(Strict):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def generated(self) -> bool:
+        return self.root is None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, v: str) -> str:
+        return check_name(v, "dataset name")
+
 
 class RunConfig(Strict):
     method: MethodCard
     dataset: DatasetCard
+    extra_datasets: dict[str, DatasetCard] = Field(default_factory=dict)  # filled from method.extra_datasets
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -153,13 +184,13 @@ class RunConfig(Strict):
     @field_validator("tag")
     @classmethod
     def _tag_is_a_name(cls, v: str) -> str:
-        if v and not all(c.isalnum() or c in "-_." for c in v):
-            raise ValueError("tag may hold letters, digits, '-', '_' and '.' only")
-        return v
+        return check_name(v, "tag") if v else v
 
     def run_dir(self) -> Path:
         name = self.method.name + (f"-{self.tag}" if self.tag else "")
-        return Path(self.output_root) / self.dataset.name / name / f"seed{self.seed}"
+        sc = self.dataset.splits
+        fold = f"_fold{sc.fold}" if sc.kind == "kfold" else ""  # each fold is a run of its own
+        return Path(self.output_root) / self.dataset.name / name / f"seed{self.seed}{fold}"
 
     def config_hash(self) -> str:
         """Hash of what determines the result (not where it is written)."""
@@ -294,6 +325,8 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) in (dict, list, tuple, set):
+        return None  # a mapping/list of models: its keys are data, not schema keys
     for arg in typing.get_args(annotation):
         m = _model_of(arg)
         if m is not None:
@@ -393,21 +426,40 @@ def resolve_config(
 
     train = deep_merge(deep_merge(dcard.train, mcard.train), user.get("train", {}) or {})
     evalc = deep_merge(deep_merge(dcard.eval, mcard.eval), user.get("eval", {}) or {})
-    top = {k: v for k, v in user.items() if k not in ("method", "dataset", "train", "eval")}
-    full = {"method": mcard.model_dump(), "dataset": dcard.model_dump(), "train": train, "eval": evalc, **top}
+    extra = {}
+    given_extra = user.get("extra_datasets") or {}
+    for role, name in mcard.extra_datasets.items():
+        if role in given_extra:  # a resolved config carries the cards themselves
+            extra[role] = given_extra[role]
+        elif name in ("", "@run"):  # the run's own dataset in another role (e.g. its unlabelled images)
+            extra[role] = dcard.model_dump()
+        else:
+            extra[role] = validate(DatasetCard, load_card_dict(card_path("datasets", name), "datasets"),
+                                   f"dataset card {name!r} (method.extra_datasets.{role})").model_dump()
+    top = {k: v for k, v in user.items() if k not in ("method", "dataset", "train", "eval", "extra_datasets")}
+    full = {"method": mcard.model_dump(), "dataset": dcard.model_dump(), "extra_datasets": extra, "train": train,
+            "eval": evalc, **top}
     cfg = validate(RunConfig, full, "the run config (cards + --config + --set)")
     _check_impl_params(cfg)
     return cfg
 
 
 def _check_impl_params(cfg: RunConfig) -> None:
-    """Validate the method's and reader's `params` against their registered schemas."""
+    """Validate the method's and readers' `params` against their registered schemas, and let the method
+    resolve its params for the data (network per ndim), so the saved config states what is built."""
     from .registry import DATASETS, METHODS
 
     impl = METHODS.get(cfg.method.impl)
     validate(impl.Params, cfg.method.params, f"method card {cfg.method.name!r}", "method.params.")
-    reader = DATASETS.get(cfg.dataset.reader)
-    validate(reader.Params, cfg.dataset.params, f"dataset card {cfg.dataset.name!r}", "dataset.params.")
+    try:
+        resolved = impl.resolve_params(dict(cfg.method.params), cfg.dataset)
+    except ValueError as exc:
+        raise ConfigError(f"method card {cfg.method.name!r} on dataset {cfg.dataset.name!r}: {exc}") from None
+    if resolved != cfg.method.params:
+        cfg.method.params = resolved
+    for card in [cfg.dataset, *cfg.extra_datasets.values()]:
+        reader = DATASETS.get(card.reader)
+        validate(reader.Params, card.params, f"dataset card {card.name!r}", "dataset.params.")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -69,7 +69,7 @@ class DatasetReader:
 
     def __init__(self, card: Any, root: Path, params: BaseModel | None = None) -> None:
         self.card = card
-        self.root = Path(root)
+        self.root = Path(root) if root is not None else None  # None: a generated dataset (no files)
         self.params = params if params is not None else self.Params()
 
     # -- to implement ---------------------------------------------------------------------------
@@ -151,7 +151,8 @@ def load_or_create_splits(path: Path, ids: list[str], official, *, seed: int = 0
     return splits
 
 
-def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int, path: Path) -> dict[str, list[str]]:
+def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int,
+                 path: Path | None) -> dict[str, list[str]]:
     """Seeded k-fold cross-validation over the non-test images; the official test split stays the test split.
 
     All folds are persisted in one file (as nnU-Net's splits_final.json); `fold` picks one.
@@ -159,7 +160,7 @@ def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int, 
     if fold >= folds:
         raise DataError(f"splits.fold={fold} but splits.folds={folds}")
     digest = content_hash(ids)
-    if path.exists():
+    if path is not None and path.exists():
         saved = json.loads(path.read_text())
         if saved.get("content_hash") != digest:
             raise DataError(f"{path}: folds were made for other data; delete the file to make new ones")
@@ -173,8 +174,38 @@ def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int, 
         rng = np.random.default_rng(seed)
         rng.shuffle(pool)
         all_folds = [sorted(pool[k::folds]) for k in range(folds)]
+        if path is None:
+            val = all_folds[fold]
+            return {"train": sorted(i for k, f in enumerate(all_folds) if k != fold for i in f), "val": val,
+                    "test": test}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"content_hash": digest, "seed": seed, "test": test, "folds": all_folds}, indent=1))
     val = all_folds[fold]
     train = sorted(i for k, f in enumerate(all_folds) if k != fold for i in f)
     return {"train": train, "val": val, "test": test}
+
+
+def split_policy(card, reader: "DatasetReader", persist_dir: Path | None) -> dict[str, list[str]]:
+    """The splits a run uses: the official split when the dataset has one, else seeded random; k-fold
+    cross-validation over the non-test images, keeping the official test split when there is one.
+
+    With ``persist_dir`` the splits are stored there (nnU-Net style, keyed by the reader params and checked
+    against the data's content hash); without it they are computed only (``bench data check``).
+    """
+    sc = card.splits
+    ids = reader.list_ids()
+    if not ids:
+        raise DataError(f"dataset {card.name!r}: no images found under {reader.root}")
+    official = reader.official_splits()
+    # reader params (a LIVECell protocol, a block size) change the samples: their hash names the file
+    sfx = ""
+    if card.params:
+        sfx = "_p" + hashlib.sha256(json.dumps(card.params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    if sc.kind == "kfold":
+        path = persist_dir / f"splits_kfold{sc.folds}_seed{sc.seed}{sfx}.json" if persist_dir else None
+        return kfold_splits(ids, official, folds=sc.folds, fold=sc.fold, seed=sc.seed, path=path)
+    use_official = official if sc.kind == "official" else None
+    if persist_dir is None:
+        return make_splits(ids, use_official, seed=sc.seed)
+    name = f"splits_official{sfx}.json" if use_official else f"splits_random_seed{sc.seed}{sfx}.json"
+    return load_or_create_splits(persist_dir / name, ids, use_official, seed=sc.seed)

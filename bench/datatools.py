@@ -55,38 +55,17 @@ def load_dataset_card(name: str, overrides: list[str] | None = None):
 
 
 def open_reader(card, data_root: str | Path | None = None):
-    from .config import validate
-    from .registry import DATASETS
+    """The reader of a card, as a run opens it (`bench.runner.open_reader`), without downloading."""
+    from .runner import open_reader as _open
 
-    reader_cls = DATASETS.get(card.reader)
-    root = resolve_data_root(data_root) / card.root
-    if not root.exists():
-        raise DataError(
-            f"dataset {card.name!r} not found at {root}. Set the data root with --data-root or $BENCH_DATA_ROOT "
-            f"(the folder that holds {card.root}/), or run `bench data fetch {card.name}`."
-        )
-    params = validate(reader_cls.Params, card.params, f"dataset card {card.name!r}", "dataset.params.")
-    return reader_cls(card, root, params)
+    return _open(card, str(data_root) if data_root else None, download=False)
 
 
 def reader_splits(card, reader) -> dict[str, list[str]]:
-    """The splits a run would use (not persisted): official, else seeded random; k-fold shows fold `fold`
-    (the official test split is not used by k-fold runs, as in `bench.runner.dataset_splits`)."""
-    from .data import make_splits
+    """The splits a run would use, computed by the one split policy (`bench.data.split_policy`), not persisted."""
+    from .data import split_policy
 
-    ids = reader.list_ids()
-    if not ids:
-        raise DataError(f"dataset {card.name!r}: no images found under {reader.root}")
-    sc = card.splits
-    official = reader.official_splits() if sc.kind == "official" else None  # as bench.runner.dataset_splits
-    splits = make_splits(ids, official, seed=sc.seed)
-    if sc.kind == "kfold":  # as bench.data.kfold_splits (which persists them)
-        pool = sorted(set(ids) - set(splits["test"]))
-        rng = np.random.default_rng(sc.seed)
-        rng.shuffle(pool)
-        folds = [sorted(pool[k :: sc.folds]) for k in range(sc.folds)]
-        splits = {"train": sorted(i for k, f in enumerate(folds) if k != sc.fold for i in f),
-                  "val": folds[sc.fold], "test": splits["test"]}
+    splits = split_policy(card, reader, None)
     order = {"train": 0, "val": 1, "test": 2}
     return dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
 

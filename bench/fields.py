@@ -17,12 +17,8 @@ Pure numpy / scipy / scikit-image: nothing here imports torch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -776,67 +772,21 @@ def classic_watershed(image: np.ndarray, sigma: float = 0.5, min_distance: int =
 FIELD_KINDS = {"poisson": poisson_field, "diffusion": diffusion_field}
 
 
-def _canonical(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _canonical(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float):
-        return float(repr(obj)) if obj == obj else "nan"
-    if isinstance(obj, (bool, int, str)) or obj is None:
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot use {type(obj).__name__} in a field cache key")
-
-
 def cache_key(kind: str, labels: np.ndarray, params: Mapping[str, Any] | None = None) -> str:
     """sha256 over the fields version, kind, params (canonical JSON), dtype, shape and the label bytes."""
-    lab = np.ascontiguousarray(labels)
-    meta = {"version": FIELDS_VERSION, "kind": kind, "params": _canonical(dict(params or {})),
-            "dtype": lab.dtype.str, "shape": list(lab.shape)}
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(b"\0")
-    digest.update(lab.tobytes())
-    return digest.hexdigest()
+    from .cache import array_key
+
+    return array_key(kind, labels, params, FIELDS_VERSION)
 
 
 def cached_field(kind: str, labels: np.ndarray, params: Mapping[str, Any] | None, cache_dir: str | os.PathLike
                  ) -> np.ndarray:
-    """``FIELD_KINDS[kind](labels, **params)``, stored as ``<cache_dir>/<kind>-<sha256>.npy``.
+    """``FIELD_KINDS[kind](labels, **params)``, stored as ``<cache_dir>/<kind>-<sha256>.npy`` by the core's
+    content-keyed cache (`bench.cache.cached_array`: atomic writes, a bad file is a miss)."""
+    from .cache import cached_array
 
-    A hit loads the file; a miss computes, writes a temporary file in ``cache_dir`` and renames it into
-    place with ``os.replace`` (atomic: readers never see a partial file; concurrent writers are harmless).
-    An unreadable or mismatched file counts as a miss and is rewritten.
-    """
     if kind not in FIELD_KINDS:
         raise ValueError(f"unknown field kind {kind!r}; known: {sorted(FIELD_KINDS)}")
     params = dict(params or {})
     lab = np.asarray(labels)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"{kind}-{cache_key(kind, lab, params)}.npy"
-    if path.is_file():
-        try:
-            arr = np.load(path, allow_pickle=False)
-            if arr.shape == lab.shape:
-                return arr
-        except (OSError, ValueError):
-            pass
-    arr = FIELD_KINDS[kind](lab, **params)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return arr
+    return cached_array(kind, lambda: FIELD_KINDS[kind](lab, **params), lab, params, cache_dir, FIELDS_VERSION)

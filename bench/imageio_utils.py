@@ -8,28 +8,33 @@ import numpy as np
 
 from .data import DataError
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Any 2D/3D image file as an array; unreadable files raise a DataError naming them."""
+def read_image(path: str | Path, with_spacing: bool = False):
+    """Any 2D/3D image file as an array (and its spacing when the format stores one, else None);
+    unreadable files raise a DataError naming them. NIfTI is read as the readers read it: (C,) Z, Y, X."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"image file not found: {path}")
+    spacing = None
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        from .datasets.msd import read_nifti
+
+        arr, spacing = read_nifti(path)  # raises DataError naming the file
+        return (arr, spacing) if with_spacing else arr
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            return tifffile.imread(path)
-        if path.name.endswith((".nii", ".nii.gz")):
-            import nibabel
+            arr = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
 
-            return np.asarray(nibabel.load(str(path)).dataobj)
-        import imageio.v3 as iio
-
-        return iio.imread(path)
+            arr = iio.imread(path)
     except Exception as exc:
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    return (arr, spacing) if with_spacing else arr
 
 
 def as_channels_first(img: np.ndarray, ndim: int, channels: int) -> np.ndarray:

@@ -33,8 +33,25 @@ def pad_to_divisor(x, divisor: int, ndim: int):
     return out, tuple(slice(p // 2, p // 2 + s) for s, p in zip(spatial, pads))
 
 
+def inference_meta(method: "Method", meta: dict | None, batch: int = 1) -> dict:
+    """The metadata a network sees at inference: the image's spacing (B x ndim) and id, as in training."""
+    import torch
+
+    meta = dict(meta or {})
+    spacing = meta.get("spacing")
+    if spacing is None:
+        spacing = method.dataset.spacing or (1.0,) * method.ndim
+    if not isinstance(spacing, torch.Tensor):
+        spacing = torch.tensor([list(map(float, spacing))] * batch, dtype=torch.float32)
+    meta["spacing"] = spacing.to(method.device)
+    ids = meta.get("id", "")
+    meta["id"] = list(ids) if isinstance(ids, (list, tuple)) else [str(ids)] * batch
+    return meta
+
+
 def infer_full_image(
-    method: "Method", image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25
+    method: "Method", image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25,
+    meta: dict | None = None,
 ) -> np.ndarray:
     import torch
 
@@ -42,19 +59,20 @@ def infer_full_image(
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(method.device)
     method.train_mode(False)
     n_pix = int(np.prod(image.shape[1:]))
-    with torch.inference_mode(), torch.autocast(method.device.type, enabled=method.use_amp):
+    divisor = method.divisor
+    with torch.inference_mode(), method.autocast():
         if patch_size is None or n_pix <= MAX_WHOLE_PIXELS[ndim]:
-            xp, crop = pad_to_divisor(x, method.divisor, ndim)
-            out = method.activation(method.forward(xp))[(..., *crop)]
+            xp, crop = pad_to_divisor(x, divisor, ndim)
+            out = method.activation(method.forward(xp, inference_meta(method, meta)))[(..., *crop)]
         else:
             from monai.inferers import sliding_window_inference
 
-            roi = [max(method.divisor, (p // method.divisor) * method.divisor) for p in patch_size]
+            roi = [max(divisor, (p // divisor) * divisor) for p in patch_size]
             out = sliding_window_inference(
                 x,
                 roi_size=roi,
                 sw_batch_size=4,
-                predictor=lambda t: method.activation(method.forward(t)),
+                predictor=lambda t: method.activation(method.forward(t, inference_meta(method, meta, t.shape[0]))),
                 overlap=overlap,
                 mode="gaussian",
                 padding_mode="reflect",

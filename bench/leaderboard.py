@@ -8,18 +8,29 @@ from the measured rows (they never take part in the bold best).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .results import LOWER_IS_BETTER, FinishedRun, bootstrap_ci, finished_runs, holm, per_image_values
+from .results import FinishedRun, bootstrap_ci, finished_runs, holm, image_set_hash, per_image_values
 
-TASK_METRICS = {
-    "instance": ["ap@0.50", "f1@0.50", "pq", "sq", "rq", "map"],
-    "semantic": ["dice", "iou", "hd95", "bf1"],
-}
+log = logging.getLogger(__name__)
 METRICS_DOC = "docs/metrics.md"
+
+
+def default_metrics(task: str) -> list[str]:
+    """The headline metrics the registered metrics of a task declare (no list kept here)."""
+    from .metrics import headline_metrics
+
+    return headline_metrics(task)
+
+
+def _higher_is_better(metric: str) -> bool:
+    from .metrics import higher_is_better
+
+    return higher_is_better(metric)
 
 
 @dataclass
@@ -39,6 +50,8 @@ class Row:
     provenance: dict = field(default_factory=dict)
     reported: bool = False
     citation: str = ""
+    image_set: str = ""  # hash of the test image ids the row was scored on
+    comparable: bool = True  # False: scored on another image set than the reference rows; never ranked
 
 
 def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None = None,
@@ -47,7 +60,7 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
     if not runs:
         raise FileNotFoundError(f"no finished runs of {dataset!r} under {Path(output_root) / dataset}")
     task = runs[0].summary.get("task", "instance")
-    metrics = metrics or TASK_METRICS[task]
+    metrics = metrics or default_metrics(task)
     by_label: dict[str, list[FinishedRun]] = {}
     for r in runs:
         by_label.setdefault(r.label, []).append(r)
@@ -73,8 +86,36 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
             "config_hashes": sorted({str(r.summary.get("config_hash")) for r in rs}),
             "hardware": sorted({str(r.summary.get("hardware")) for r in rs}),
         }
-        rows.append(Row(label, cells, len(images), len(rs), prov))
+        sets = {r.image_set for r in rs}
+        if len(sets) > 1:
+            log.warning("leaderboard %s: the seeds of %r were scored on %d different test image sets",
+                        dataset, label, len(sets))
+        prov["test_image_sets"] = sorted(sets)
+        rows.append(Row(label, cells, len(images), len(rs), prov,
+                        image_set=next(iter(sets)) if len(sets) == 1 else image_set_hash(sorted(images))))
+    mark_comparable(rows, dataset)
     return rows, metrics, task
+
+
+def mark_comparable(rows: list[Row], dataset: str = "") -> str | None:
+    """Rows are ranked against each other only on one image set: the one most measured rows were scored on
+    (ties: the one with more images). Rows on any other set are marked not comparable, with a warning."""
+    measured = [r for r in rows if not r.reported]
+    if not measured:
+        return None
+    count: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for r in measured:
+        count[r.image_set] = count.get(r.image_set, 0) + 1
+        size[r.image_set] = max(size.get(r.image_set, 0), r.n_images)
+    ref = max(count, key=lambda k: (count[k], size[k], k))
+    for r in measured:
+        r.comparable = r.image_set == ref
+        if not r.comparable:
+            log.warning("leaderboard %s: %r was scored on another set of test images (%d images, set %s; the "
+                        "reference set %s has %d): shown apart and not ranked", dataset, r.label, r.n_images,
+                        r.image_set, ref, size[ref])
+    return ref
 
 
 def reported_rows(path: str | Path, metrics: list[str]) -> list[Row]:
@@ -96,9 +137,9 @@ def best_labels(rows: list[Row], metrics: list[str]) -> dict[str, set[str]]:
     """Per metric, the measured row(s) with the best mean (ties all bold)."""
     out = {}
     for m in metrics:
-        vals = {r.label: r.cells[m].mean for r in rows if not r.reported and m in r.cells}
+        vals = {r.label: r.cells[m].mean for r in rows if not r.reported and r.comparable and m in r.cells}
         if vals:
-            target = min(vals.values()) if m in LOWER_IS_BETTER else max(vals.values())
+            target = max(vals.values()) if _higher_is_better(m) else min(vals.values())
             out[m] = {k for k, v in vals.items() if np.isclose(v, target, rtol=0, atol=1e-12)}
         else:
             out[m] = set()
@@ -117,15 +158,17 @@ def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
 def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str,
            note: str | None = None) -> str:
     best = best_labels(rows, metrics)
-    measured = [r for r in rows if not r.reported]
+    measured = [r for r in rows if not r.reported and r.comparable]
+    apart = [r for r in rows if not r.reported and not r.comparable]  # other test images: never ranked
     reported = [r for r in rows if r.reported]
     if fmt == "csv":
         import pandas as pd
 
         recs = []
         for r in rows:
-            rec = {"method": r.label, "kind": "reported" if r.reported else "measured", "n_images": r.n_images,
-                   "n_seeds": r.n_seeds}
+            kind = "reported" if r.reported else "measured" if r.comparable else "measured_other_images"
+            rec = {"method": r.label, "kind": kind, "n_images": r.n_images, "n_seeds": r.n_seeds,
+                   "image_set": r.image_set}
             for m in metrics:
                 c = r.cells.get(m)
                 rec.update({m: c.mean if c else None, f"{m}_ci_low": c.ci[0] if c else None,
@@ -152,6 +195,14 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                 main, rest = _fmt(r.cells.get(m))
                 cells.append((f"**{main}**" if r.label in best[m] else main) + (f" {rest}" if rest else ""))
             lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
+        if apart:
+            lines += ["", "**Warning:** scored on a different set of test images than the rows above, so not "
+                      "comparable with them and not ranked:", "",
+                      "| method | " + " | ".join(metrics) + " | images | seeds |",
+                      "|---|" + "---|" * len(metrics) + "---|---|"]
+            for r in apart:
+                cells = [" ".join(x for x in _fmt(r.cells.get(m)) if x) for m in metrics]
+                lines.append(f"| {r.label} (other images) | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
         if reported:
             lines += ["", "Reported by papers (not measured here; not ranked):", "",
                       "| method | " + " | ".join(metrics) + " | citation |", "|---|" + "---|" * len(metrics) + "---|"]
@@ -159,7 +210,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                 lines.append(f"| {r.label} (reported) | " + " | ".join(_fmt(r.cells.get(m))[0] for m in metrics)
                              + f" | {r.citation} |")
         lines += ["", "## Provenance", ""]
-        for r in measured:
+        for r in measured + apart:
             p = r.provenance
             lines.append(f"- **{r.label}**: seeds {p['seeds']}; commits {', '.join(p['git_commits'])}; "
                          f"config hashes {', '.join(p['config_hashes'])}; hardware {', '.join(p['hardware'])}; "
@@ -169,13 +220,13 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
     if fmt == "html":
         head = "".join(f"<th>{m}</th>" for m in metrics)
         body = []
-        for r in measured + reported:
+        for r in measured + apart + reported:
             tds = []
             for m in metrics:
                 main, rest = _fmt(r.cells.get(m))
                 main = f"<b>{main}</b>" if (not r.reported and r.label in best[m]) else main
                 tds.append(f"<td>{main}<br><small>{rest}</small></td>")
-            name = r.label + (" (reported)" if r.reported else "")
+            name = r.label + (" (reported)" if r.reported else "" if r.comparable else " (other test images)")
             body.append(f"<tr><td>{name}</td>{''.join(tds)}<td>{r.n_images}</td><td>{r.n_seeds}</td></tr>")
         return (f"<html><body><h1>Leaderboard: {dataset}</h1><p>mean [95% bootstrap CI] (mean ± sd over seeds); "
                 f"<a href='../{METRICS_DOC}'>metric definitions</a></p><table border='1'><tr><th>method</th>{head}"
@@ -297,7 +348,11 @@ def compare(a: str, b: str, dataset: str, *, output_root: str | Path = "runs", m
             have = sorted({r.label for r in runs})
             raise FileNotFoundError(f"no finished runs of {name!r} on {dataset!r}; have: {', '.join(have) or 'none'}")
     task = ra[0].summary.get("task", "instance")
-    metrics = metrics or TASK_METRICS[task]
+    metrics = metrics or default_metrics(task)
+    sets_a, sets_b = {r.image_set for r in ra}, {r.image_set for r in rb}
+    if sets_a != sets_b:
+        log.warning("compare %s vs %s: scored on different test image sets; only the images both share are paired",
+                    a, b)
     out = []
     for m in metrics:
         va, vb = per_image_values(ra, m), per_image_values(rb, m)
@@ -305,7 +360,7 @@ def compare(a: str, b: str, dataset: str, *, output_root: str | Path = "runs", m
         if not common:
             continue
         d = np.array([va[i] - vb[i] for i in common])
-        sign = -1 if m in LOWER_IS_BETTER else 1
+        sign = 1 if _higher_is_better(m) else -1
         wins = int(np.sum(sign * d > 1e-12))
         losses = int(np.sum(sign * d < -1e-12))
         ties = len(d) - wins - losses

@@ -1,26 +1,51 @@
-"""The interface every method implements; the runner only talks to this.
+"""The interface every method implements; the runner and the training loop only talk to this.
 
 A method is registered with ``@register_method("impl_name")`` and selected by a card in ``methods/``
 (``impl: impl_name``, plus ``params:`` validated by the class's ``Params`` schema). It knows no dataset by
-name: it gets the dataset card (task, ndim, channels, classes) and builds itself for it.
+name: it gets the dataset card (task, ndim, channels, classes, spacing) and builds itself for it.
 
-Hooks, each with a default that fits a one-network supervised method:
+Construction and data
+- ``build()``: create ``self.networks`` (name -> nn.Module), usually with ``self.build_network(spec, out)``.
+  Training-free methods set ``trainable = False``.
+- ``make_targets(sample)``: per-pixel training targets from the label (``bench.targets.compute_target`` for
+  registered ones), cached on disk per case by the core. Arrays share the image's spatial shape.
+- ``normalize(image)``: input normalisation (default: the dataset card's ``normalize``); a method with a
+  pretrained model's own normalisation overrides it.
+- ``requires_labels``: False lets training cases without a label through (an unlabelled target domain).
+- ``resolve_params(params, dataset)``: classmethod run when the config is resolved (network per ndim, defaults
+  that depend on the data), so the saved config states what is built.
+- ``availability(params)``: classmethod; None when the method can run, else why not ("needs weights: <path>").
+- ``weights_files()`` / ``training_data()``: recorded in the run summary (sha256 of each file; where the model's
+  knowledge came from).
 
-- ``build()``: create ``self.networks`` (name -> nn.Module). Methods with no training set ``trainable = False``.
-- ``make_targets(sample)``: per-pixel training targets from the label, computed once per training image
-  (e.g. a Poisson field). Arrays share the image's spatial shape so crops and flips apply to them alike.
-- ``loss(outputs, batch)``: dict of named terms; ``"loss"`` is what is optimised. Extra physics terms are
-  more entries, logged separately.
-- ``train_step(batch)``: one optimisation step. The default does forward, loss, backward and step with
-  AMP and gradient clipping; methods with several networks and optimisers (a CycleGAN) override it.
-- ``predict_raw(image)``: network output for a whole normalised image (sliding window when large).
+Training (the default loop in ``bench.loop`` calls these, in this order)
+- ``on_fit_start(ctx)`` once, ``on_epoch_start(epoch)`` every epoch, ``train_step(batch)`` per batch,
+  ``after_optimizer_step(name)`` after each optimiser step (e.g. clamping an input-convex network's weights).
+- ``optimizer_groups()``: optimiser name -> network names (default one optimiser over all), and
+  ``optimizer_settings(name)``: per-optimiser overrides of the train config (lr, betas, weight decay,
+  scheduler). Each optimiser gets its scheduler and gradient scaler.
+- ``training_losses(batch)``: yields ``(optimizer_name, terms)`` pairs; the default step backpropagates
+  ``terms["loss"]`` into that optimiser and steps it before asking for the next pair, so a GAN yields its
+  generator terms, then its discriminator terms (computed after the generator step). The default yields one
+  pair: ``loss(forward(image, meta), batch)``.
+- ``loss(outputs, batch)``: dict of named terms; ``"loss"`` is what is optimised. It runs in float32 with
+  autocast off, even under mixed precision, so physics terms (Laplacians, energies) keep their precision.
+- ``fit(ctx)``: the whole training; the default is ``ctx.train_loop()``. Methods with several stages
+  (simulate, translate, segment) override it and use ``ctx.stage(...)`` to checkpoint and resume per stage.
+
+Inference
+- ``forward(x, meta)``: meta holds ``spacing`` (B x ndim tensor) and ``id`` (list of str).
+- ``predict_raw(image, meta=...)``: network output for a whole normalised image (sliding window when large).
 - ``postprocess(raw)``: raw output -> label image (class map or instance labels).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import numpy as np
 from pydantic import BaseModel
@@ -31,6 +56,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import DatasetCard, TrainConfig
+    from .loop import FitContext
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,10 +66,9 @@ class NonFiniteLossError(FloatingPointError):
 class Method:
     Params: ClassVar[type[BaseModel]] = NoParams
     trainable: ClassVar[bool] = True
+    requires_labels: ClassVar[bool] = True
     # validation summary key used to pick the best checkpoint when the config names none
     default_monitor: ClassVar[str | None] = None
-    # spatial sizes a network input must be divisible by
-    divisor: ClassVar[int] = 32
 
     def __init__(self, params: BaseModel, dataset: "DatasetCard", device: "torch.device") -> None:
         self.params = params
@@ -52,16 +77,63 @@ class Method:
         self.networks: dict[str, Any] = {}
         self.optimizers: dict[str, Any] = {}
         self.schedulers: dict[str, Any] = {}
-        self.scaler = None
+        self.scalers: dict[str, Any] = {}
         self.train_cfg: "TrainConfig | None" = None
+        self.extra_datasets: dict[str, "DatasetCard"] = {}
+
+    # -- config-time hooks ----------------------------------------------------------------------
+    @classmethod
+    def resolve_params(cls, params: dict, dataset: "DatasetCard") -> dict:
+        """Params as the run will use them. The default resolves every network spec to the data's ndim and
+        checks that the network supports it, so the saved config and hash name the network actually built."""
+        from .networks import NetworkSpec, check_spec
+
+        model = cls.Params.model_validate(params)
+        changed = False
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, NetworkSpec):
+                resolved = check_spec(value, dataset.ndim, f"method.params.{name}")
+                if resolved != value:
+                    setattr(model, name, resolved)
+                    changed = True
+        if not changed:
+            return params
+        out = dict(params)
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, NetworkSpec):
+                out[name] = value.model_dump(mode="json", exclude={"per_ndim"})
+        return out
+
+    @classmethod
+    def availability(cls, params: BaseModel) -> str | None:
+        """None when the method can run with these params; else the reason (e.g. "needs weights: <path>")."""
+        return None
 
     # -- construction ---------------------------------------------------------------------------
     def build(self) -> None:
         """Create ``self.networks``."""
 
+    def build_network(self, spec, out_channels: int, in_channels: int | None = None, **extra):
+        from .networks import NetworkContext, build_network
+
+        tc = self.train_cfg
+        ctx = NetworkContext(in_channels or self.dataset.channels, out_channels, self.ndim,
+                             tuple(self.dataset.spacing) if self.dataset.spacing else None,
+                             tuple(tc.patch_size) if tc else None, extra)
+        return build_network(spec, ctx)
+
     @property
     def ndim(self) -> int:
         return self.dataset.ndim
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes an input must be divisible by: the least common multiple over the networks."""
+        from .networks import lcm
+
+        return lcm(getattr(n, "size_divisor", 1) for n in self.networks.values()) if self.networks else 1
 
     @property
     def monitor(self) -> str:
@@ -69,63 +141,135 @@ class Method:
             return self.default_monitor
         return "f1@0.50" if self.dataset.task == "instance" else "dice"
 
+    def weights_files(self) -> dict[str, Path]:
+        """Pretrained weight files this method loads (name -> path); their sha256 goes into the summary."""
+        return {}
+
+    def training_data(self) -> list[dict[str, Any]]:
+        """Where the model's knowledge comes from, for the summary: entries with ``kind`` one of
+        ``dataset`` (the run's training split), ``synthetic``, ``external_pretrained``, ``none``."""
+        if not self.trainable:
+            return [{"kind": "external_pretrained", "files": sorted(self.weights_files())}] \
+                if self.weights_files() else [{"kind": "none"}]
+        return [{"kind": "dataset", "name": self.dataset.name, "split": "train"}]
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        """Optimiser name -> the networks it updates. Default: one optimiser ("main") over every network."""
+        return {"main": list(self.networks)}
+
+    def optimizer_settings(self, name: str) -> dict[str, Any]:
+        """Overrides of the train config for one optimiser: lr, weight_decay, optimizer, betas, scheduler."""
+        return {}
+
     def configure_optimizers(self, cfg: "TrainConfig", steps_total: int) -> None:
-        """One optimiser (and scheduler) over every network's parameters; override for several."""
         import torch
 
-        params = [p for net in self.networks.values() for p in net.parameters() if p.requires_grad]
-        if not params:
-            return
-        self.optimizers["main"] = make_optimizer(cfg, params)
-        sched = make_scheduler(cfg, self.optimizers["main"], steps_total)
-        if sched is not None:
-            self.schedulers["main"] = sched
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        for name, nets in self.optimizer_groups().items():
+            params = [p for n in nets for p in self.networks[n].parameters() if p.requires_grad]
+            if not params:
+                continue
+            settings = self.optimizer_settings(name)
+            self.optimizers[name] = make_optimizer(cfg, params, **settings)
+            sched = make_scheduler(cfg, self.optimizers[name], steps_total, settings.get("scheduler"))
+            if sched is not None:
+                self.schedulers[name] = sched
+            self.scalers[name] = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
 
     @property
     def use_amp(self) -> bool:
         return bool(self.train_cfg and self.train_cfg.amp and self.device.type == "cuda")
 
+    @property
+    def amp_dtype(self):
+        import torch
+
+        return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+
+    def autocast(self):
+        """Mixed precision for network forwards (on when the config and the device allow it)."""
+        import torch
+
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    @staticmethod
+    def float32():
+        """Autocast off: loss terms (physics residuals, energies) are computed in float32."""
+        import torch
+
+        return _autocast_off(torch)
+
     # -- training -------------------------------------------------------------------------------
+    def fit(self, ctx: "FitContext") -> dict:
+        """All of training. Default: the standard epoch loop. Staged methods override (see ``bench.loop``)."""
+        return ctx.train_loop()
+
+    def on_fit_start(self, ctx: "FitContext") -> None:
+        """Once before the first epoch of a training loop (also when resuming)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before each epoch (0-based), e.g. a schedule of loss weights."""
+
+    def after_optimizer_step(self, name: str) -> None:
+        """After optimiser `name` stepped, e.g. clamp weights to keep a network input-convex."""
+
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
         """Per-pixel targets; the default passes the label on."""
         return {"label": sample.label}
 
-    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-        return self.networks["net"](x)
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        from .pipeline import normalize
 
-    def loss(self, outputs: "torch.Tensor", batch: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        return normalize(image, self.dataset.normalize)
+
+    def forward(self, x: "torch.Tensor", meta: dict | None = None) -> "torch.Tensor":
+        return call_network(self.networks["net"], x, meta)
+
+    def loss(self, outputs: "torch.Tensor", batch: dict[str, Any]) -> dict[str, "torch.Tensor"]:
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")
 
-    def train_step(self, batch: dict[str, "torch.Tensor"]) -> dict[str, float]:
+    def training_losses(self, batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, "torch.Tensor"]]]:
+        with self.autocast():
+            outputs = self.forward(batch["image"], batch_meta(batch))
+        with self.float32():
+            terms = self.loss(to_float32(outputs), batch)
+        yield ("main" if "main" in self.optimizers else next(iter(self.optimizers))), terms
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         import torch
 
-        opt = self.optimizers["main"]
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            outputs = self.forward(batch["image"])
-            terms = self.loss(outputs, batch)
-        check_finite(terms)
-        self.scaler.scale(terms["loss"]).backward()
-        if self.train_cfg and self.train_cfg.grad_clip:
-            self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], self.train_cfg.grad_clip)
-        self.scaler.step(opt)
-        self.scaler.update()
-        for s in self.schedulers.values():
-            s.step()
-        return {k: float(v.detach()) for k, v in terms.items()}
+        logs: dict[str, float] = {}
+        for name, terms in self.training_losses(batch):
+            check_finite(terms, name)
+            opt, scaler = self.optimizers[name], self.scalers[name]
+            opt.zero_grad(set_to_none=True)  # also drops gradients an earlier term left in these networks
+            scaler.scale(terms["loss"]).backward()
+            if self.train_cfg and self.train_cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                               self.train_cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            if name in self.schedulers:
+                self.schedulers[name].step()
+            self.after_optimizer_step(name)
+            prefix = "" if len(self.optimizers) == 1 else f"{name}/"
+            logs.update({f"{prefix}{k}": float(v.detach()) for k, v in terms.items()})
+        if "loss" not in logs and logs:  # several optimisers: the total is what the loop shows
+            logs["loss"] = sum(v for k, v in logs.items() if k.endswith("/loss"))
+        return logs
 
     def train_mode(self, on: bool = True) -> None:
         for net in self.networks.values():
             net.train(on)
 
     # -- inference ------------------------------------------------------------------------------
-    def predict_raw(self, image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25) -> np.ndarray:
+    def predict_raw(self, image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25,
+                    meta: dict | None = None) -> np.ndarray:
         """(C, *spatial) normalised image -> (K, *spatial) float output of ``forward``."""
         from .inference import infer_full_image
 
-        return infer_full_image(self, image, patch_size=patch_size, overlap=overlap)
+        return infer_full_image(self, image, patch_size=patch_size, overlap=overlap, meta=meta)
 
     def activation(self, raw: "torch.Tensor") -> "torch.Tensor":
         """Applied to the network output before stitching tiles (e.g. softmax)."""
@@ -134,8 +278,9 @@ class Method:
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement postprocess()")
 
-    def predict(self, image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25) -> np.ndarray:
-        return self.postprocess(self.predict_raw(image, patch_size, overlap))
+    def predict(self, image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25,
+                meta: dict | None = None) -> np.ndarray:
+        return self.postprocess(self.predict_raw(image, patch_size, overlap, meta=meta))
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self, with_optim: bool = True) -> dict[str, Any]:
@@ -143,21 +288,28 @@ class Method:
         if with_optim:
             state["optimizers"] = {k: v.state_dict() for k, v in self.optimizers.items()}
             state["schedulers"] = {k: v.state_dict() for k, v in self.schedulers.items()}
-            if self.scaler is not None:
-                state["scaler"] = self.scaler.state_dict()
+            state["scalers"] = {k: v.state_dict() for k, v in self.scalers.items()}
+        state["extra"] = self.extra_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, sd in state.get("networks", {}).items():
+            if k not in self.networks:
+                raise KeyError(f"checkpoint holds network {k!r}; this method builds {sorted(self.networks)}")
             self.networks[k].load_state_dict(sd)
-        for k, sd in state.get("optimizers", {}).items():
-            if k in self.optimizers:
-                self.optimizers[k].load_state_dict(sd)
-        for k, sd in state.get("schedulers", {}).items():
-            if k in self.schedulers:
-                self.schedulers[k].load_state_dict(sd)
-        if "scaler" in state and self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        for group, target in (("optimizers", self.optimizers), ("schedulers", self.schedulers),
+                              ("scalers", self.scalers)):
+            for k, sd in state.get(group, {}).items():
+                if k in target:
+                    target[k].load_state_dict(sd)
+        self.load_extra_state(state.get("extra") or {})
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-network state to checkpoint (an image pool, a learned threshold)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def to(self, device: "torch.device") -> "Method":
         self.device = device
@@ -166,29 +318,77 @@ class Method:
         return self
 
 
-def check_finite(terms: dict[str, Any]) -> None:
+# ------------------------------------------------------------------------------------------------
+# helpers methods share
+
+
+@contextlib.contextmanager
+def _autocast_off(torch):
+    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        yield
+
+
+def to_float32(x):
+    """Tensors (or dicts/tuples of them) as float32."""
+    if isinstance(x, dict):
+        return {k: to_float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float32(v) for v in x)
+    if hasattr(x, "is_floating_point") and x.is_floating_point():
+        return x.float()
+    return x
+
+
+def batch_meta(batch: dict[str, Any]) -> dict[str, Any]:
+    """The metadata part of a batch (what is not an array the network reads)."""
+    return {k: batch[k] for k in ("spacing", "id") if k in batch}
+
+
+def call_network(net, x, meta: dict | None = None):
+    """``net(x, meta)`` for networks that take metadata (``accepts_meta``), else ``net(x)``."""
+    if getattr(net, "accepts_meta", False):
+        return net(x, meta or {})
+    return net(x)
+
+
+def check_finite(terms: dict[str, Any], where: str = "") -> None:
     values = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in terms.items()}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
-        raise NonFiniteLossError(f"non-finite loss terms: {bad}")
+        raise NonFiniteLossError(f"non-finite loss terms{f' ({where})' if where not in ('', 'main') else ''}: {bad}")
 
 
-def make_optimizer(cfg: "TrainConfig", params):
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_optimizer(cfg: "TrainConfig", params, *, lr: float | None = None, weight_decay: float | None = None,
+                   optimizer: str | None = None, betas: tuple[float, float] | None = None, **_: Any):
     import torch
 
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=cfg.weight_decay)
+    lr = cfg.lr if lr is None else lr
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
+    kind = optimizer or cfg.optimizer
+    extra = {"betas": tuple(betas)} if betas is not None else {}
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **extra)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **extra)
+    return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
 
 
-def make_scheduler(cfg: "TrainConfig", opt, steps_total: int):
+def make_scheduler(cfg: "TrainConfig", opt, steps_total: int, kind: str | None = None):
     import torch
 
     steps_total = max(1, steps_total)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_total, eta_min=cfg.lr * 0.01)
-    if cfg.scheduler == "poly":  # nnU-Net's schedule
+    kind = kind or cfg.scheduler
+    lr = opt.param_groups[0]["lr"]
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_total, eta_min=lr * 0.01)
+    if kind == "poly":  # nnU-Net's schedule
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - min(s, steps_total) / steps_total) ** 0.9)
     return None

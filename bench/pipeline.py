@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data import Sample
 
 if TYPE_CHECKING:
     from .config import AugmentConfig, NormalizeConfig
@@ -63,27 +62,35 @@ def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, cfg: "Augme
 
 
 class PatchDataset:
-    """A torch-style dataset of random patches; item i of epoch e is fixed by (seed, e, i).
+    """A torch-style dataset of random patches from cached cases; item i of epoch e is fixed by (seed, e, i).
 
-    That makes a resumed epoch draw exactly the patches the interrupted one would have, whatever the
-    number of dataloader workers.
+    That makes a resumed epoch draw exactly the patches the interrupted one would have, whatever the number of
+    dataloader workers. Cases are `bench.cache.CaseEntry` folders read memory-mapped one crop at a time, so
+    memory does not grow with the number of cases. With ``foreground_fraction`` f, a share f of the patches is
+    centred (with jitter) on a foreground voxel of the label (nnU-Net's oversampling for sparse targets).
+    Each item carries the case's ``spacing`` and ``id`` next to the arrays.
     """
 
     def __init__(
         self,
-        images: list[np.ndarray],
-        targets: list[dict[str, np.ndarray]],
+        cases: list,
         patch_size: list[int],
         n_items: int,
         augment_cfg: "AugmentConfig",
         ndim: int,
         seed: int,
+        foreground_fraction: float = 0.0,
+        keys: list[str] | None = None,
     ) -> None:
-        self.images, self.targets = images, targets
+        if not cases:
+            raise ValueError("no training cases")
+        self.cases = cases
         self.patch = tuple(patch_size)
         if len(self.patch) != ndim:
             raise ValueError(f"train.patch_size {list(patch_size)} has {len(self.patch)} axes; the data is {ndim}D")
         self.n_items, self.augment_cfg, self.ndim, self.seed = n_items, augment_cfg, ndim, seed
+        self.foreground_fraction = float(foreground_fraction)
+        self.keys = keys
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -92,28 +99,59 @@ class PatchDataset:
     def __len__(self) -> int:
         return self.n_items
 
+    def _origin(self, rng: np.random.Generator, case) -> tuple[int, ...]:
+        shape = case.shape
+        if self.foreground_fraction > 0 and rng.random() < self.foreground_fraction:
+            fg = case.foreground()
+            if len(fg):
+                v = fg[int(rng.integers(len(fg)))]
+                out = []
+                for c, s, p in zip(v, shape, self.patch):
+                    jitter = int(rng.integers(-(p // 4), p // 4 + 1)) if p >= 4 else 0
+                    out.append(int(np.clip(c - p // 2 + jitter, 0, max(0, s - p))))
+                return tuple(out)
+        return _crop_origin(rng, shape, self.patch)
+
     def __getitem__(self, i: int) -> dict:
         import torch
 
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        j = int(rng.integers(len(self.images)))
-        img = _pad_to(self.images[j], self.patch, self.ndim)
-        o = _crop_origin(rng, img.shape[-self.ndim :], self.patch)
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        o = self._origin(rng, case)
         sl = tuple(slice(a, a + p) for a, p in zip(o, self.patch))
-        arrays = {"image": img[(..., *sl)]}
-        for k, t in self.targets[j].items():
-            arrays[k] = _pad_to(t, self.patch, self.ndim)[(..., *sl)]
+        arrays = {}
+        for k in ["image"] + list(self.keys if self.keys is not None else case.info.get("targets", [])):
+            a = case.array(k)
+            arrays[k] = _pad_to(np.array(a[(..., *sl)]), self.patch, self.ndim)  # copy the crop, drop the map
         augment(arrays, rng, self.augment_cfg, self.ndim)
-        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+        out = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        out["spacing"] = torch.tensor(case.spacing, dtype=torch.float32)
+        out["id"] = case.id
+        return out
 
 
-def prepare_training_set(
-    samples: list[Sample], norm_cfg: "NormalizeConfig", make_targets: Callable[[Sample], dict]
-) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
-    images, targets = [], []
-    for s in samples:
-        if s.label is None:
-            raise ValueError(f"training image {s.id!r} has no label")
-        images.append(normalize(s.image, norm_cfg))
-        targets.append(make_targets(s))
-    return images, targets
+def cache_cases(reader, ids: list[str], method, cache, *, with_targets: bool, progress=None) -> list:
+    """Cached cases of `ids` (built on first use, one case in memory at a time).
+
+    ``with_targets``: training cases (label -> the method's targets; a missing label is an error unless the
+    method takes unlabelled images); otherwise evaluation cases (normalised image + label only).
+    """
+    from .data import DataError
+
+    out = []
+    it = progress(ids) if progress else ids
+    for sid in it:
+        entry = cache.lookup(sid)
+        if entry is not None and (not with_targets or entry.info.get("with_targets")):
+            out.append(entry)
+            continue
+        s = reader.load(sid)
+        if s.label is None and (not with_targets or method.requires_labels):
+            raise DataError(f"{reader.card.name}: image {sid!r} has no label, and "
+                            f"{'training' if with_targets else 'evaluation'} needs one"
+                            + (f" ({type(method).__name__} trains on labelled images only)" if with_targets else ""))
+        targets = method.make_targets(s) if (with_targets and s.label is not None) else {}
+        entry = cache.build(s, method.normalize(s.image), targets, with_targets=with_targets)
+        del s, targets
+        out.append(entry)
+    return out

@@ -7,7 +7,7 @@ third-party plugins are loaded from the entry-point groups below, so neither nee
 Entry-point groups (``[project.entry-points."<group>"]`` in the plugin's pyproject):
 
 - ``physeg_bench.methods``, ``physeg_bench.datasets``, ``physeg_bench.metrics``,
-  ``physeg_bench.networks``: the value is a module (importing it runs its decorators) or an object.
+  ``physeg_bench.networks``, ``physeg_bench.targets``: the value is a module (importing it runs its decorators) or an object.
 - ``physeg_bench.cards``: the value is a module or package whose folder holds ``methods/`` and/or
   ``datasets/`` sub-folders of YAML cards.
 """
@@ -174,8 +174,10 @@ METHODS = Registry("methods", "bench.methods")
 DATASETS = Registry("datasets", "bench.datasets")
 METRICS = Registry("metrics", "bench.metrics")
 NETWORKS = Registry("networks", "bench.networks")
+TARGETS = Registry("targets", "bench.targets")
 
 register_method = METHODS.register
 register_dataset = DATASETS.register
 register_metric = METRICS.register
 register_network = NETWORKS.register
+register_target = TARGETS.register

@@ -11,7 +11,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"hd95"}
+
+def image_set_hash(ids) -> str:
+    """Hash of a set of evaluated image ids: rows of a leaderboard are ranked only on one such set."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -23,6 +28,12 @@ class FinishedRun:
     def label(self) -> str:  # the leaderboard row: method card name plus tag
         s = self.summary
         return s["method"] + (f"-{s['tag']}" if s.get("tag") else "")
+
+    @property
+    def image_set(self) -> str:
+        """The summary's hash of its test ids (recomputed from the table for summaries written before it)."""
+        h = self.summary.get("test_ids_hash")
+        return h or image_set_hash(self.table()["image"].astype(str).unique())
 
     def table(self):
         import pandas as pd
@@ -46,35 +57,40 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
           overlay: "str | list[str] | None" = None, data_root: str | None = None, progress: bool = True) -> dict[str, list]:
     """Run every method x dataset x seed; finished runs with the same config are skipped, interrupted ones resumed."""
     from .config import resolve_config
-    from .runner import CONFIG_FILE, load_run_config, read_status, run
+    from .runner import CONFIG_FILE, load_run_config, method_availability, read_status, run
 
-    report: dict[str, list] = {"ran": [], "skipped": [], "resumed": [], "failed": []}
-    for d in datasets:
-        for m in methods:
-            for seed in seeds:
-                cfg = resolve_config(m, d, overlay=overlay, overrides=overrides, seed=seed)
-                rd = cfg.run_dir()
-                key = f"{m}/{d}/seed{seed}"
-                resume = False
-                if (rd / CONFIG_FILE).exists():
-                    same = load_run_config(rd).config_hash() == cfg.config_hash()
-                    state = read_status(rd).get("state")
-                    if same and state == "finished" and (rd / "summary.json").exists():
-                        report["skipped"].append(key)
-                        log.info("skip %s: finished in %s", key, rd)
-                        continue
-                    if not same:
-                        report["failed"].append((key, f"{rd} holds a run with another config; use --tag"))
-                        continue
-                    resume = True
-                try:
-                    run(cfg, resume=resume, data_root=data_root, progress=progress)
-                    report["resumed" if resume else "ran"].append(key)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # one broken combination must not stop the sweep
-                    log.error("%s failed: %s", key, exc)
-                    report["failed"].append((key, f"{type(exc).__name__}: {exc}"))
+    report: dict[str, list] = {"ran": [], "skipped": [], "resumed": [], "failed": [], "unavailable": []}
+    # every combination resolves before anything trains: a typo fails in seconds, not after the first runs
+    plan = [(m, d, seed, resolve_config(m, d, overlay=overlay, overrides=overrides, seed=seed))
+            for d in datasets for m in methods for seed in seeds]
+    for m, d, seed, cfg in plan:
+        rd = cfg.run_dir()
+        key = f"{m}/{d}/seed{seed}"
+        avail = method_availability(cfg)
+        if avail != "ok":  # e.g. a pretrained model whose weights file is missing: say which, move on
+            report["unavailable"].append((key, avail))
+            log.warning("skip %s: %s", key, avail)
+            continue
+        resume = False
+        if (rd / CONFIG_FILE).exists():
+            same = load_run_config(rd).config_hash() == cfg.config_hash()
+            state = read_status(rd).get("state")
+            if same and state == "finished" and (rd / "summary.json").exists():
+                report["skipped"].append(key)
+                log.info("skip %s: finished in %s", key, rd)
+                continue
+            if not same:
+                report["failed"].append((key, f"{rd} holds a run with another config; use --tag"))
+                continue
+            resume = True
+        try:
+            run(cfg, resume=resume, data_root=data_root, progress=progress)
+            report["resumed" if resume else "ran"].append(key)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one broken combination must not stop the sweep
+            log.error("%s failed: %s", key, exc)
+            report["failed"].append((key, f"{type(exc).__name__}: {exc}"))
     return report
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from .config import ConfigError, RunConfig, resolve_config
 
@@ -125,11 +125,10 @@ class Study:
         import optuna
         from optuna.trial import TrialState
 
-        from .tracking import Tracker
+        from .runner import make_tracker
 
         study = self.load()
-        tracker = Tracker(self.base.tracking.enabled, self.base.tracking.uri,
-                          self.base.tracking.experiment or self.base.dataset.name, self.base.output_root)
+        tracker = make_tracker(self.base)
         parent_id = study.user_attrs.get("mlflow_parent_run_id")
         if tracker.enabled and not parent_id:
             parent_id = tracker.start(f"tune/{self.study_name}", tags={"study": self.study_name})
@@ -198,12 +197,11 @@ class Study:
         self.best_overlay_path().write_text(header + yaml.safe_dump(overlay, sort_keys=False))
         study.trials_dataframe().to_csv(self.folder / "trials.csv", index=False)
         figures = self._figures(study)
-        from .tracking import Tracker
+        from .runner import make_tracker
 
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent and self.base.tracking.enabled:
-            tr = Tracker(True, self.base.tracking.uri, self.base.tracking.experiment or self.base.dataset.name,
-                         self.base.output_root)
+            tr = make_tracker(self.base)
             tr.run_id = parent
             tr.log_metrics({"best_value": best.value, "n_complete": len(done)})
             for f in [self.best_overlay_path(), self.folder / "trials.csv", *figures]:

@@ -188,7 +188,7 @@ def main() -> None:
         print(f"  cellpose comparison skipped: {type(exc).__name__}: {exc}")
 
     # (c) classic watershed -------------------------------------------------------------------------------
-    print(f"\n(c) classic_watershed (defaults) on the BBBC039 test split")
+    print("\n(c) classic_watershed (defaults) on the BBBC039 test split")
     per = []
     t0 = time.perf_counter()
     for stem in eval_stems:
@@ -196,7 +196,7 @@ def main() -> None:
     print(f"  {summarize(per)}; {1e3 * (time.perf_counter() - t0) / len(eval_stems):.0f} ms/image incl. I/O")
 
     # (d) ground-truth round trip -------------------------------------------------------------------------
-    print(f"\n(d) round trip: field_to_instances(GT field) vs GT instances, BBBC039 test split")
+    print("\n(d) round trip: field_to_instances(GT field) vs GT instances, BBBC039 test split")
     per_p, per_d, per_d05 = [], [], []
     for stem in eval_stems:
         lab = load_labels(root, stem)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +98,39 @@ def test_compare_finds_a_known_difference(tmp_path):
 def test_holm_matches_definition():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_row_scored_on_fewer_images_is_shown_apart_and_never_bold(tmp_path, caplog):
+    """A smoke run on 10 of 40 test images must not be ranked against full runs, even with a higher mean."""
+    from bench.leaderboard import leaderboard
+
+    imgs = [f"im{i}" for i in range(40)]
+    _fake_run(tmp_path, "full_a", 0, {i: 0.70 for i in imgs})
+    _fake_run(tmp_path, "full_b", 0, {i: 0.60 for i in imgs})
+    _fake_run(tmp_path, "partial", 0, {i: 0.95 for i in imgs[:10]})  # easier subset, higher mean
+    with caplog.at_level("WARNING"):
+        rows, _, _ = build_rows(tmp_path, "ds", metrics=["f1@0.50"], n_boot=100)
+    by = {r.label: r for r in rows}
+    assert by["full_a"].comparable and by["full_b"].comparable and not by["partial"].comparable
+    assert "'partial' was scored on another set of test images" in caplog.text
+    out = leaderboard("ds", output_root=tmp_path, out_dir=tmp_path / "lb", formats=["md", "csv", "html"],
+                      metrics=["f1@0.50"], log_mlflow=False, n_boot=100)
+    md = out["md"].read_text()
+    main_table, apart = md.split("**Warning:**")
+    assert "**0.700**" in main_table and "partial" not in main_table
+    assert "partial (other images)" in apart and "**0.950**" not in md
+    csv = pd.read_csv(out["csv"])
+    row = csv[csv.method == "partial"].iloc[0]
+    assert row["kind"] == "measured_other_images" and not row["f1@0.50_best"]
+    assert csv[csv.method == "full_a"].iloc[0]["f1@0.50_best"]
+    assert "<b>0.950</b>" not in out["html"].read_text()
+
+
+def test_metric_direction_and_headline_come_from_the_registry():
+    from bench.leaderboard import default_metrics
+    from bench.metrics import higher_is_better
+
+    assert default_metrics("semantic") == ["dice", "iou", "hd95", "bf1"]
+    assert default_metrics("instance") == ["ap@0.50", "map", "f1@0.50", "pq", "sq", "rq"]
+    assert not higher_is_better("hd95/enhancing_tumour") and higher_is_better("f1@0.50_pooled")
+    assert not higher_is_better("train/loss") and higher_is_better("dice")

@@ -9,8 +9,6 @@ restricted to field >= eps. Also here: the training-free classical watershed flo
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -18,20 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Sample
 from ..method import Method
-from ..networks import NetworkSpec, build_network
+from ..networks import NetworkSpec
 from ..registry import register_method
-
-TARGET_CACHE_ENV = "BENCH_CACHE_DIR"
-
-
-def target_cache_dir() -> Path:
-    """Where field targets are cached on disk (keyed by label content and parameters)."""
-    return Path(os.environ.get(TARGET_CACHE_ENV, Path.home() / ".cache" / "physeg-bench")) / "targets"
 
 
 class FieldParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    field: Literal["poisson", "diffusion"] = "poisson"
+    field: str = Field("poisson", description="a registered target (`bench list targets`): poisson, diffusion, ...")
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     loss: Literal["l1", "l2", "smooth_l1"] = "l1"
     output_activation: Literal["none", "sigmoid"] = "none"
@@ -51,26 +42,22 @@ class FieldRegression(Method):
         if self.dataset.task != "instance":
             raise ValueError(f"{self.params.field} fields need an instance dataset; "
                              f"{self.dataset.name!r} is {self.dataset.task}")
-        spec = self.params.network
-        if self.ndim == 3 and spec.name == "smp_unet":
-            spec = NetworkSpec(name="monai_unet")
-        self.networks["net"] = build_network(spec, self.dataset.channels, 1, self.ndim)
+        from ..registry import TARGETS
+
+        TARGETS.entry(self.params.field)  # unknown names fail here, listing the registered targets
+        self.networks["net"] = self.build_network(self.params.network, 1)
 
     def field_of(self, label: np.ndarray, spacing=None) -> np.ndarray:
-        from .. import fields
+        from ..targets import compute_target
 
-        kind = self.params.field
-        params = {"tol": self.params.diffusion_tol} if kind == "diffusion" else {}
-        if self.params.cache:
-            return fields.cached_field(kind, label, params, target_cache_dir())
-        fn = fields.poisson_field if kind == "poisson" else fields.diffusion_field
-        return fn(label, **params)
+        params = {"tol": self.params.diffusion_tol} if self.params.field == "diffusion" else {}
+        return compute_target(self.params.field, label, params, spacing, cache=self.params.cache)
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
-        return {"field": self.field_of(sample.label).astype(np.float32)[None]}
+        return {"field": self.field_of(sample.label, sample.spacing).astype(np.float32)[None]}
 
-    def forward(self, x):
-        out = self.networks["net"](x)
+    def forward(self, x, meta=None):
+        out = super().forward(x, meta)
         return out.sigmoid() if self.params.output_activation == "sigmoid" else out
 
     def loss(self, outputs, batch):
@@ -101,7 +88,7 @@ class ClassicWatershed(Method):
     Params = ClassicParams
     trainable = False
 
-    def predict_raw(self, image: np.ndarray, patch_size=None, overlap: float = 0.25) -> np.ndarray:
+    def predict_raw(self, image: np.ndarray, patch_size=None, overlap: float = 0.25, meta=None) -> np.ndarray:
         return image.mean(0)  # channels averaged; the pipeline has already normalised
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Sample
 from ..method import Method
-from ..networks import NetworkSpec, build_network
+from ..networks import NetworkSpec
 from ..registry import register_method
 
 
@@ -27,15 +27,9 @@ class UNetParams(BaseModel):
 
 def instance_to_three_class(label: np.ndarray, width: int) -> np.ndarray:
     """0 background, 1 interior, 2 boundary (inner boundary of each instance, `width` pixels thick)."""
-    from scipy import ndimage as ndi
-    from skimage.segmentation import find_boundaries
+    from ..targets import compute_target
 
-    out = (label > 0).astype(np.int64)
-    boundary = find_boundaries(label, mode="inner")
-    if width > 1:
-        boundary = ndi.binary_dilation(boundary, iterations=width - 1) & (label > 0)
-    out[boundary] = 2
-    return out
+    return compute_target("three_class", label, {"width": width}, cache=False)
 
 
 def three_class_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
@@ -64,10 +58,7 @@ class UNet(Method):
         return 3 if self.dataset.task == "instance" else self.dataset.num_classes
 
     def build(self) -> None:
-        spec = self.params.network
-        if self.ndim == 3 and spec.name == "smp_unet":
-            spec = NetworkSpec(name="monai_unet")
-        self.networks["net"] = build_network(spec, self.dataset.channels, self.n_out, self.ndim)
+        self.networks["net"] = self.build_network(self.params.network, self.n_out)
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
         lab = sample.label

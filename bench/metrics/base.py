@@ -306,3 +306,43 @@ def summarize(table: "pd.DataFrame") -> dict[str, float]:
         use = [t for t in ap_ts if t in pooled_ap] or list(pooled_ap)
         out["map_pooled"] = float(np.mean([pooled_ap[t] for t in use]))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# what a metric says about itself: direction and headline status (registered with the metric)
+# --------------------------------------------------------------------------------------------------
+
+
+def metric_family_of_key(key: str) -> str:
+    """Registered family of a summary key: ``"f1@0.50_pooled" -> "f1"``, ``"hd95/WT" -> "hd95"``."""
+    base = key.split("/", 1)[0]
+    if base.endswith("_pooled"):
+        base = base[: -len("_pooled")]
+    return _family_of(base)
+
+
+def higher_is_better(key: str) -> bool:
+    """Direction of a metric (a family, a row name or a summary key), as its registration states it.
+
+    Keys of no registered metric (a loss such as ``train/loss``) count as lower-is-better only when their name
+    says loss; everything else is higher-is-better.
+    """
+    reg = _registry()
+    fam = metric_family_of_key(key)
+    if fam in reg:
+        return bool(reg.entry(fam).extra.get("higher_is_better", True))
+    for entry_name in reg.names():  # a row prefix another metric emits (tp@0.50 from "counts")
+        if fam in reg.entry(entry_name).extra.get("outputs", ()):
+            return bool(reg.entry(entry_name).extra.get("higher_is_better", True))
+    return "loss" not in key
+
+
+def headline_metrics(task: str) -> list[str]:
+    """Row names the registered metrics of a task declare as headline (leaderboard columns, CLI summary)."""
+    reg = _registry()
+    out: list[str] = []
+    for fam in metric_families(task):
+        h = reg.entry(fam).extra.get("headline", ())
+        rows = h.get(task, ()) if isinstance(h, dict) else h
+        out.extend(r for r in rows if r not in out)
+    return out

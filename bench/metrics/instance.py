@@ -62,12 +62,14 @@ ap_metric = register_metric(
     description="AP = TP/(TP+FP+FN) at each IoU threshold (ap@0.50 ... ap@0.95), optimal matching at IoU >= t",
     task=_INSTANCE,
     outputs=("ap",),
+    headline=("ap@0.50",),
 )(_per_threshold("ap", "ap"))
 f1_metric = register_metric(
     "f1",
     description="F1 = 2TP/(2TP+FP+FN) at each IoU threshold (f1@0.50 ...)",
     task=_INSTANCE,
     outputs=("f1",),
+    headline=("f1@0.50",),
 )(_per_threshold("f1", "f1"))
 precision_metric = register_metric(
     "precision",
@@ -88,6 +90,7 @@ recall_metric = register_metric(
     description="Mean of ap@t over the IoU thresholds (0.50:0.05:0.95 by default)",
     task=_INSTANCE,
     outputs=("map",),
+    headline=("map",),
 )
 def map_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     ms, flag = image_matching(pred, gt, ctx)
@@ -109,18 +112,21 @@ pq_metric = register_metric(
     description="Panoptic quality SQ x RQ of the foreground objects at IoU >= 0.5",
     task=_INSTANCE,
     outputs=("pq",),
+    headline=("pq",),
 )(_pq_part("pq"))
 sq_metric = register_metric(
     "sq",
     description="Segmentation quality: mean IoU of the matches at IoU >= 0.5",
     task=_INSTANCE,
     outputs=("sq",),
+    headline=("sq",),
 )(_pq_part("sq"))
 rq_metric = register_metric(
     "rq",
     description="Recognition quality: F1 at IoU >= 0.5",
     task=_INSTANCE,
     outputs=("rq",),
+    headline=("rq",),
 )(_pq_part("rq"))
 
 

@@ -95,6 +95,7 @@ def _overlap_metric(pred, gt, ctx: MetricContext, which: int, name: str) -> list
     description="Dice 2|A&B|/(|A|+|B|) per foreground class (instance task: foreground); both empty = 1",
     task=("semantic", "instance"),
     outputs=("dice",),
+    headline={"semantic": ("dice",)},
 )
 def dice_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     return _overlap_metric(pred, gt, ctx, 0, "dice")
@@ -105,6 +106,7 @@ def dice_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[Me
     description="IoU (Jaccard) |A&B|/|A or B| per foreground class (instance task: foreground); both empty = 1",
     task=("semantic", "instance"),
     outputs=("iou",),
+    headline={"semantic": ("iou",)},
 )
 def iou_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     return _overlap_metric(pred, gt, ctx, 1, "iou")
@@ -119,6 +121,8 @@ def _present(pred, gt, ctx: MetricContext, c: int) -> tuple[np.ndarray, np.ndarr
     description="95th-percentile symmetric Hausdorff distance per foreground class in physical units (MONAI)",
     task=("semantic",),
     outputs=("hd95",),
+    higher_is_better=False,
+    headline=("hd95",),
 )
 def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     spacing = ctx.spacing_for(np.ndim(pred))
@@ -135,6 +139,7 @@ def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[Me
     description="Boundary F1 (DAVIS boundaries, tolerance boundary_tolerance) per foreground class",
     task=("semantic",),
     outputs=("bf1",),
+    headline=("bf1",),
 )
 def bf1_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     tol = tolerance_pixels(ctx.boundary_tolerance, np.shape(pred))

@@ -103,7 +103,8 @@ def build_ma_unet(in_channels: int, out_channels: int, ndim: int, features=(32, 
     return MAUNet()
 
 
-@register_network("ma_unet", description="residual GroupNorm/SiLU UNet, transformer bottleneck, attention gates")
+@register_network("ma_unet", description="residual GroupNorm/SiLU UNet, transformer bottleneck, attention gates",
+                  ndims=(2, 3), divisor=lambda ctx, o: 2 ** (len(o.get("features", (32, 64, 128, 256))) - 1))
 def ma_unet(in_channels: int, out_channels: int, ndim: int, features: tuple[int, ...] = (32, 64, 128, 256),
             dropout: float = 0.3, heads: int = 8, layers: int = 3):
     return build_ma_unet(in_channels, out_channels, ndim, features, dropout, heads, layers)

@@ -1,0 +1,305 @@
+"""Training: the fit context a method trains through, and the standard epoch loop with its hook sequence.
+
+``Method.fit(ctx)`` owns training; the default calls ``ctx.train_loop()``. The loop, per run or per stage:
+
+    configure_optimizers -> [resume from last.pt] -> on_fit_start(ctx)
+    for each epoch: on_epoch_start(epoch) -> train_step(batch) for each batch
+                    (-> after_optimizer_step(name) after every optimiser step)
+                    -> validation (ctx.score) -> best.pt on the monitor -> last.pt -> history -> tracker
+                    -> early stopping
+
+Staged methods (simulate data, train a translator, then a segmenter) override ``fit`` and use
+``ctx.stage(name)`` for a folder and a done-marker per stage, and ``ctx.train_loop(stage=name, ...)`` for a
+resumable loop with its own checkpoints (``checkpoints/<stage>/``) and history (``stages/<stage>/history.csv``).
+A stage that finished is not run again on resume; an interrupted one continues from its last epoch. The final
+(unnamed) loop writes ``checkpoints/{last,best}.pt``, which evaluation reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .config import RunConfig, TrainConfig
+    from .data import DatasetReader
+    from .method import Method
+    from .runfiles import RunFiles
+
+log = logging.getLogger(__name__)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # a kill during save leaves the previous checkpoint intact
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def progress_bar(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@dataclass
+class Stage:
+    """One stage of a staged method: a folder for its outputs and a done-marker with its result."""
+
+    name: str
+    dir: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "done.json").is_file()
+
+    @property
+    def info(self) -> dict:
+        p = self.dir / "done.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def finish(self, info: dict | None = None) -> None:
+        from .cache import atomic_write_text
+
+        atomic_write_text(self.dir / "done.json", json.dumps({"finished": time.time(), **(info or {})},
+                                                             default=str))
+
+
+class FitContext:
+    """What a method's ``fit`` gets: data (readers, splits, cached cases), tracker, checkpoints, scoring."""
+
+    def __init__(self, cfg: "RunConfig", method: "Method", reader: "DatasetReader", splits: dict[str, list[str]],
+                 files: "RunFiles", tracker, *, resuming: bool, progress: bool = True,
+                 on_epoch: Callable[[int, float], None] | None = None,
+                 readers: dict[str, "DatasetReader"] | None = None) -> None:
+        from .cache import SampleCache, cache_root
+
+        self.cfg, self.method, self.reader, self.splits = cfg, method, reader, splits
+        self.files, self.tracker = files, tracker
+        self.resuming, self.progress, self.on_epoch = resuming, progress, on_epoch
+        self.readers = dict(readers or {})  # role -> reader of the method's extra datasets
+        self._caches: dict[int, Any] = {}
+        self._cache_root = cache_root() / "samples"
+        self._sample_cache_cls = SampleCache
+
+    # -- data -----------------------------------------------------------------------------------
+    def sample_cache(self, reader: "DatasetReader | None" = None):
+        reader = reader or self.reader
+        if id(reader) not in self._caches:
+            card = reader.card
+            key = {"dataset": card.model_dump(mode="json", exclude={"train", "eval", "description", "citation",
+                                                                    "license", "source"}),
+                   "root": str(Path(reader.root).resolve()) if reader.root else None,
+                   "method": self.cfg.method.impl, "params": self.cfg.method.params,
+                   "targets": getattr(self.method, "target_key", lambda: None)()}
+            self._caches[id(reader)] = self._sample_cache_cls(self._cache_root / card.name, key)
+        return self._caches[id(reader)]
+
+    def train_ids(self) -> list[str]:
+        from .data import DataError
+
+        ids = self.splits.get("train") or []
+        if not ids:
+            raise DataError(f"dataset {self.cfg.dataset.name!r}: the train split is empty")
+        n = self.cfg.train.max_train_images
+        return ids[:n] if n else ids
+
+    def val_ids(self) -> list[str]:
+        return (self.splits.get("val") or [])[: self.cfg.train.val_max_images or None]
+
+    def cases(self, ids: list[str], *, reader: "DatasetReader | None" = None, with_targets: bool = True) -> list:
+        """Cached cases (normalised image, label, the method's targets), built on first use."""
+        from .pipeline import cache_cases
+
+        reader = reader or self.reader
+        what = "caching training cases" if with_targets else "caching evaluation cases"
+        return cache_cases(reader, ids, self.method, self.sample_cache(reader), with_targets=with_targets,
+                           progress=(lambda it: progress_bar(it, self.progress, what)) if self.progress else None)
+
+    def patch_dataset(self, ids: list[str] | None = None, *, reader: "DatasetReader | None" = None,
+                      tc: "TrainConfig | None" = None, keys: list[str] | None = None):
+        from .pipeline import PatchDataset
+
+        tc = tc or self.cfg.train
+        cases = self.cases(self.train_ids() if ids is None else ids, reader=reader)
+        n_items = (tc.steps_per_epoch or max(1, -(-len(cases) // tc.batch_size))) * tc.batch_size
+        return PatchDataset(cases, tc.patch_size, n_items, tc.augment, (reader or self.reader).card.ndim,
+                            self.cfg.seed, tc.sampling.foreground_fraction, keys)
+
+    # -- scoring --------------------------------------------------------------------------------
+    def score(self, ids: list[str] | None = None, *, reader: "DatasetReader | None" = None) -> dict[str, float]:
+        """Dataset-level summary of the method's predictions on labelled cases (default: the val split)."""
+        import pandas as pd
+
+        from .metrics import evaluate_image, summarize
+        from .runner import metric_context
+
+        rows = []
+        for case in self.cases(self.val_ids() if ids is None else ids, reader=reader, with_targets=False):
+            label = case.array("label", mmap=False)
+            pred = self.method.predict(case.array("image", mmap=False), self.cfg.train.patch_size,
+                                       self.cfg.eval.tile_overlap, meta={"spacing": case.spacing, "id": case.id})
+            for r in evaluate_image(pred, label, metric_context(self.cfg, case.spacing), self.cfg.eval.metrics):
+                rows.append({"image": case.id, **r})
+        return summarize(pd.DataFrame(rows))
+
+    # -- stages and checkpoints -------------------------------------------------------------------
+    def stage(self, name: str) -> Stage:
+        from .config import check_name
+
+        check_name(name, "stage name")
+        d = self.files.stage_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        return Stage(name, d)
+
+    def save(self, obj: Any, name: str, stage: str | None = None) -> Path:
+        """Save any object atomically under the run's checkpoints (per stage when given)."""
+        path = self.files.checkpoint(name, stage)
+        atomic_torch_save(obj, path)
+        return path
+
+    def load(self, name: str, stage: str | None = None) -> Any | None:
+        import torch
+
+        path = self.files.checkpoint(name, stage)
+        return torch.load(path, map_location=self.method.device, weights_only=False) if path.exists() else None
+
+    # -- the standard loop ----------------------------------------------------------------------
+    def train_loop(self, *, stage: str | None = None, dataset=None, train: dict[str, Any] | None = None,
+                   validate: bool = True) -> dict:
+        """The standard epoch loop (see the module docstring); returns its state (best value, history).
+
+        ``stage``: a named, separately checkpointed and resumable loop. ``dataset``: a torch-style dataset of
+        batches' items to train on (default: patches of the train split). ``train``: overrides of the train
+        config for this loop (``{"lr": 1e-5, "epochs": 50}``). ``validate``: score the val split each
+        ``val_every`` epochs and keep ``best.pt`` on the monitor.
+        """
+        import pandas as pd
+        import torch
+        from torch.utils.data import DataLoader
+
+        from .envinfo import seed_worker
+        from .method import NonFiniteLossError
+
+        method, cfg = self.method, self.cfg
+        tc = cfg.train.model_copy(update=train or {}) if train else cfg.train
+        st = self.stage(stage) if stage else None
+        method.stage = stage
+        method.train_cfg = tc
+        ds = dataset if dataset is not None else self.patch_dataset(tc=tc)
+        steps_per_epoch = max(1, -(-len(ds) // tc.batch_size))
+        method.configure_optimizers(tc, steps_per_epoch * tc.epochs)
+
+        val_ids = self.val_ids() if validate else []
+        monitor = tc.monitor or (method.monitor if val_ids else "train/loss")
+        mode = tc.monitor_mode if (tc.monitor or val_ids) else "min"
+        last_path, best_path = self.files.checkpoint("last", stage), self.files.checkpoint("best", stage)
+        history_path = self.files.history(stage)
+        state: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "bad_epochs": 0,
+                                 "history": [], "stage": stage}
+        if (self.resuming or (st and st.done)) and last_path.exists():
+            ck = torch.load(last_path, map_location=method.device, weights_only=False)
+            method.load_state_dict(ck["method"])
+            state = ck["state"]
+            log.info("resuming %s%s from epoch %d", self.files.root, f" stage {stage}" if stage else "",
+                     state["epoch"])
+        if st and st.done or state.get("stopped_early"):
+            return state
+        method.on_fit_start(self)
+        label = f"{stage} " if stage else ""
+        for epoch in range(state["epoch"], tc.epochs):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+            torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout etc.: same per epoch whether resumed or not
+            g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            loader = DataLoader(ds, batch_size=tc.batch_size, shuffle=False, num_workers=tc.num_workers,
+                                worker_init_fn=seed_worker, generator=g, drop_last=False,
+                                persistent_workers=False)
+            method.train_mode(True)
+            method.on_epoch_start(epoch)
+            sums: dict[str, float] = {}
+            n = 0
+            bar = progress_bar(loader, self.progress, f"{label}epoch {epoch + 1}/{tc.epochs}")
+            t0 = time.time()
+            for step, batch in enumerate(bar):
+                batch = to_device(batch, method.device)
+                try:
+                    logs = method.train_step(batch)
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(
+                        f"{exc} at {label}epoch {epoch + 1}, step {step + 1}; the run stopped. The last good "
+                        f"checkpoint ({last_path}, epoch {state['epoch']}) is kept: lower train.lr or set "
+                        "train.grad_clip, then `bench run ... --resume`."
+                    ) from None
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
+            row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2)}
+            if stage:
+                row["stage"] = stage
+            row.update({f"train/{k}": v / max(n, 1) for k, v in sums.items()})
+            row["lr"] = next(iter(method.optimizers.values())).param_groups[0]["lr"] if method.optimizers else None
+            validated = bool(val_ids) and ((epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs)
+            if validated:
+                row.update({f"val/{k}": v for k, v in self.score(val_ids).items()})
+            value = row.get(monitor if monitor.startswith("train/") else f"val/{monitor}")
+            if value is None and validated and not monitor.startswith("train/"):
+                raise KeyError(f"train.monitor {monitor!r} is not a validation metric; have: "
+                               f"{sorted(k[4:] for k in row if k.startswith('val/'))}")
+            improved = value is not None and (
+                state["best_value"] is None
+                or (value > state["best_value"] if mode == "max" else value < state["best_value"]))
+            if improved:
+                state.update(best_value=float(value), best_epoch=epoch + 1, bad_epochs=0)
+                atomic_torch_save({"method": method.state_dict(with_optim=False), "epoch": epoch + 1,
+                                   "monitor": monitor, "value": float(value), "stage": stage}, best_path)
+            elif value is not None:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            state["history"].append(row)
+            stop = bool(tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience)
+            state["stopped_early"] = stop
+            atomic_torch_save({"method": method.state_dict(), "state": state, "stage": stage}, last_path)
+            history_path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(state["history"]).to_csv(history_path, index=False)
+            prefix = f"{stage}/" if stage else ""
+            self.tracker.log_metrics({f"{prefix}{k}": v for k, v in row.items()
+                                      if k not in ("epoch", "stage") and v is not None}, step=epoch + 1)
+            shown = {k: round(v, 4) for k, v in row.items()
+                     if (k.startswith("train/") or k in (f"val/{monitor}", "seconds")) and v is not None}
+            log.info("%sepoch %d/%d: %s", label, epoch + 1, tc.epochs, shown)
+            if self.on_epoch is not None and value is not None and stage is None:
+                self.on_epoch(epoch + 1, float(value))
+            if stop:
+                log.info("early stopping: %s did not improve for %d epochs", monitor, tc.early_stopping_patience)
+                break
+        if not best_path.exists():  # no validation: the last epoch is the best we know
+            atomic_torch_save({"method": method.state_dict(with_optim=False), "epoch": state["epoch"],
+                               "monitor": None, "value": None, "stage": stage}, best_path)
+        if st:
+            st.finish({"epochs": state["epoch"], "best_value": state["best_value"]})
+        return state
+
+
+def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
