@@ -65,12 +65,15 @@ def array_key(kind: str, labels: np.ndarray, params: Mapping[str, Any] | None = 
     return digest.hexdigest()
 
 
-def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` into a temporary file beside `path`, then rename it into place (atomic: a reader
+    never sees a partial file; a failed or killed write leaves the previous file and no temporary behind)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -78,21 +81,18 @@ def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def cached_array(kind: str, compute: Callable[[], np.ndarray], labels: np.ndarray,
@@ -140,9 +140,21 @@ class CaseEntry:
         self.spacing: tuple[float, ...] = tuple(info["spacing"])
         self.keys: list[str] = list(info["arrays"])
         self.has_label: bool = bool(info["has_label"])
+        self._headers: dict[str, tuple] = {}  # name -> (shape, dtype, fortran, offset): parsed once
 
     def array(self, name: str, mmap: bool = True) -> np.ndarray:
-        return np.load(self.folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        path = self.folder / f"{name}.npy"
+        if not mmap:
+            return np.load(path, allow_pickle=False)
+        if name not in self._headers:  # parsing an .npy header costs more than mapping the file
+            with open(path, "rb") as fh:
+                fmt = np.lib.format
+                version = fmt.read_magic(fh)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read(fh)
+                self._headers[name] = (shape, dtype, fortran, fh.tell())
+        shape, dtype, fortran, offset = self._headers[name]
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
     def foreground(self) -> np.ndarray:
         p = self.folder / "fg.npy"

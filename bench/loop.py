@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,20 +34,12 @@ log = logging.getLogger(__name__)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """A kill during the save leaves the previous checkpoint intact (`bench.cache.atomic_write`)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # a kill during save leaves the previous checkpoint intact
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .cache import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def progress_bar(it, enabled: bool, desc: str):
@@ -204,6 +194,13 @@ class FitContext:
         st = self.stage(stage) if stage else None
         method.stage = stage
         method.train_cfg = tc
+        if dataset is None:
+            div = method.divisor
+            bad = [p for p in tc.patch_size if p % div]
+            if bad:
+                raise ValueError(f"train.patch_size {list(tc.patch_size)}: every axis must be a multiple of {div}, "
+                                 f"the size divisor of {cfg.method.name}'s network(s) (e.g. "
+                                 f"{[max(div, p // div * div) for p in tc.patch_size]})")
         ds = dataset if dataset is not None else self.patch_dataset(tc=tc)
         steps_per_epoch = max(1, -(-len(ds) // tc.batch_size))
         method.configure_optimizers(tc, steps_per_epoch * tc.epochs)

@@ -38,18 +38,24 @@ class FinishedRun:
     def table(self):
         import pandas as pd
 
-        return pd.read_csv(self.run_dir / "metrics_per_image.csv", keep_default_na=False,
+        from .runfiles import RunFiles
+
+        return pd.read_csv(RunFiles(self.run_dir).table(self.summary.get("split", "test")), keep_default_na=False,
                            dtype={"class": str, "flag": str})
 
 
 def finished_runs(output_root: str | Path, dataset: str, split: str = "test") -> list[FinishedRun]:
     """Every finished run of a dataset under the output root (runs/<dataset>/<label>/seed<N>)."""
+    from .runfiles import RunFiles
+
     out = []
-    for summary in sorted(Path(output_root, dataset).glob("*/seed*/summary.json")):
-        s = json.loads(summary.read_text())
-        status = json.loads((summary.parent / "status.json").read_text()) if (summary.parent / "status.json").exists() else {}
-        if status.get("state") == "finished" and s.get("split") == split and (summary.parent / "metrics_per_image.csv").exists():
-            out.append(FinishedRun(summary.parent, s))
+    for status_path in sorted(Path(output_root, dataset).glob("*/seed*/status.json")):
+        files = RunFiles(status_path.parent)
+        if not files.summary(split).exists() or not files.table(split).exists():
+            continue
+        s = json.loads(files.summary(split).read_text())
+        if json.loads(files.status.read_text()).get("state") == "finished" and s.get("split") == split:
+            out.append(FinishedRun(files.root, s))
     return out
 
 
@@ -57,6 +63,7 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
           overlay: "str | list[str] | None" = None, data_root: str | None = None, progress: bool = True) -> dict[str, list]:
     """Run every method x dataset x seed; finished runs with the same config are skipped, interrupted ones resumed."""
     from .config import resolve_config
+    from .runfiles import RunFiles
     from .runner import CONFIG_FILE, load_run_config, method_availability, read_status, run
 
     report: dict[str, list] = {"ran": [], "skipped": [], "resumed": [], "failed": [], "unavailable": []}
@@ -75,7 +82,7 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
         if (rd / CONFIG_FILE).exists():
             same = load_run_config(rd).config_hash() == cfg.config_hash()
             state = read_status(rd).get("state")
-            if same and state == "finished" and (rd / "summary.json").exists():
+            if same and state == "finished" and RunFiles(rd).summary().exists():
                 report["skipped"].append(key)
                 log.info("skip %s: finished in %s", key, rd)
                 continue

@@ -72,8 +72,10 @@ def test_3d_run_on_brats2015_from_the_disk_cache(tmp_path, monkeypatch):
     cfg = resolve_config("unet", "brats2015", overrides=[
         "train.epochs=1", "train.steps_per_epoch=2", "train.patch_size=[16,32,32]", "train.val_max_images=1",
         "eval.max_images=1", "eval.overlays=1", "tracking.enabled=false", f"output_root={tmp_path / 'runs'}",
-        "method.params.network.options={channels: [8, 16, 32], num_res_units: 1}"])
-    assert cfg.method.params["network"]["name"] == "monai_unet"
+        "method.params.network.name=monai_unet",
+        "method.params.network.options={_delete_: true, channels: [8, 16, 32], num_res_units: 1}"])
+    assert cfg.method.params["network"] == {"name": "monai_unet",
+                                            "options": {"channels": [8, 16, 32], "num_res_units": 1}}
     res = run(cfg, progress=False)
     m = res.summary["metrics"]
     assert res.summary["n_images"] == 1 and {"dice/enhancing_tumour", "hd95/edema_wt_only"} <= set(m)

@@ -456,3 +456,34 @@ def test_targets_are_registry_entries_with_a_disk_cache(tmp_path, monkeypatch):
     assert set(np.unique(compute_target("three_class", lab, {"width": 1}))) == {0, 1, 2}
     with pytest.raises(KeyError, match="unknown target 'nope'.*poisson"):
         compute_target("nope", lab)
+
+
+def test_training_patches_come_from_the_disk_cache_not_memory(tmp_path, cards):
+    """The dataset a loop trains on holds paths and headers only: memory does not grow with the cases."""
+    from pathlib import Path
+
+    from bench.loop import FitContext
+    from bench.runfiles import RunFiles
+    from bench.runner import build_method, dataset_splits, open_dataset
+
+    cfg = _cfg("toy_gan", tmp_path)
+    reader = open_dataset(cfg)
+    method = build_method(cfg, torch.device("cpu"))
+    ctx = FitContext(cfg, method, reader, dataset_splits(cfg, reader), RunFiles(tmp_path / "r"), None,
+                     resuming=False, progress=False)
+    ds = ctx.patch_dataset()
+    item = ds[0]
+    assert item["image"].shape == (1, 32, 32) and item["mask"].shape == (32, 32)
+    for case in ds.cases:
+        assert not [k for k, v in vars(case).items() if isinstance(v, np.ndarray)]
+        assert isinstance(case.array("image"), np.memmap) and Path(case.folder).is_dir()
+    # a second context finds the cases again without calling the reader
+    calls = []
+    orig = type(reader).load
+    type(reader).load = lambda self, sid: calls.append(sid) or orig(self, sid)
+    try:
+        FitContext(cfg, method, reader, ctx.splits, RunFiles(tmp_path / "r"), None, resuming=False,
+                   progress=False).patch_dataset()
+    finally:
+        type(reader).load = orig
+    assert calls == []

@@ -29,7 +29,8 @@ class FieldParams(BaseModel):
     eps: float = Field(0.05, ge=0, lt=1, description="background threshold on the predicted field")
     h: float = Field(0.1, gt=0, lt=1, description="h-minima depth of the watershed markers")
     min_size: int = Field(0, ge=0, description="drop predicted objects smaller than this (pixels)")
-    diffusion_tol: float = Field(0.01, gt=0, description="stop a cell's diffusion when its L2 change < tol")
+    target_params: dict = Field(default_factory=dict, description="keyword arguments of the target "
+                                "(diffusion: tol, the per-cell stop on the normalised change)")
     cache: bool = True
 
 
@@ -50,8 +51,7 @@ class FieldRegression(Method):
     def field_of(self, label: np.ndarray, spacing=None) -> np.ndarray:
         from ..targets import compute_target
 
-        params = {"tol": self.params.diffusion_tol} if self.params.field == "diffusion" else {}
-        return compute_target(self.params.field, label, params, spacing, cache=self.params.cache)
+        return compute_target(self.params.field, label, self.params.target_params, spacing, cache=self.params.cache)
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
         return {"field": self.field_of(sample.label, sample.spacing).astype(np.float32)[None]}

@@ -4,7 +4,7 @@ A builder is registered with ``@register_network("name", ndims=(2, 3), divisor=.
 ``builder(in_channels=..., out_channels=..., ndim=..., **options)``; a builder that also names a ``ctx``
 parameter receives the whole `NetworkContext` (spacing, patch size). Methods pick one by name in their card
 (``params.network: {name: ..., options: {...}}``), optionally per dimensionality
-(``per_ndim: {3: {name: monai_unet}}``). The spec is resolved when the config is resolved, so the saved config
+(``per_ndim: {3: {name: monai_unet}}``, used when ``name`` does not support the data's ndim). The spec is resolved when the config is resolved, so the saved config
 and its hash name the network that is built; a network that does not support the data's ndim is an error
 there, never a silent swap.
 
@@ -27,11 +27,13 @@ class NetworkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "smp_unet"
     options: dict[str, Any] = Field(default_factory=dict)
-    # a different network (or options) for 2D or 3D data; resolved away in the run config
+    # the network for data of a dimensionality that `name` does not support (smp's 2D UNet -> a 3D UNet);
+    # resolved away in the run config
     per_ndim: dict[int, "NetworkSpec"] = Field(default_factory=dict)
 
     def for_ndim(self, ndim: int) -> "NetworkSpec":
-        spec = self.per_ndim.get(ndim)
+        """`name`/`options` when that network takes `ndim`-D data, else the `per_ndim` entry (if any)."""
+        spec = self.per_ndim.get(ndim) if ndim not in supported_ndims(self.name) else None
         if spec is None:
             return NetworkSpec(name=self.name, options=dict(self.options))
         return NetworkSpec(name=spec.name, options=dict(spec.options))
