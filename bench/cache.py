@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
-SAMPLE_CACHE_VERSION = "1"
+SAMPLE_CACHE_VERSION = "2"
 # foreground voxels remembered per case for oversampling (nnU-Net keeps 10,000 per class)
 FG_LOCATIONS = 10_000
 
@@ -119,7 +119,10 @@ def cached_array(kind: str, compute: Callable[[], np.ndarray], labels: np.ndarra
 def _fingerprint(meta: dict) -> dict[str, list]:
     """(size, mtime_ns) of every existing file or folder a sample's metadata names."""
     out = {}
+    values = []
     for v in meta.values():
+        values.extend(v if isinstance(v, (list, tuple)) else [v])
+    for v in values:
         if isinstance(v, str) and len(v) < 4096 and os.path.sep in v:
             try:
                 st = os.stat(v)
@@ -157,7 +160,7 @@ class CaseEntry:
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
     def foreground(self) -> np.ndarray:
-        p = self.folder / "fg.npy"
+        p = self.folder / "_fg_locations.npy"
         return np.load(p, allow_pickle=False) if p.exists() else np.zeros((0, len(self.shape)), np.int64)
 
 
@@ -197,8 +200,9 @@ class SampleCache:
         if sample.label is not None:
             arrays["label"] = np.ascontiguousarray(sample.label)
         for k, v in targets.items():
-            if k in arrays:
-                raise ValueError(f"make_targets returned the reserved name {k!r}")
+            if k in arrays or k.startswith("_"):
+                raise ValueError(f"make_targets returned the reserved name {k!r} (image, label and names "
+                                 "starting with '_' belong to the cache)")
             arrays[k] = np.ascontiguousarray(v)
         spatial = arrays["image"].shape[1:]
         for k, v in arrays.items():
@@ -211,7 +215,7 @@ class SampleCache:
             if len(fg) > FG_LOCATIONS:
                 rng = np.random.default_rng(0)
                 fg = fg[np.sort(rng.choice(len(fg), FG_LOCATIONS, replace=False))]
-            atomic_save_npy(folder / "fg.npy", fg.astype(np.int64))
+            atomic_save_npy(folder / "_fg_locations.npy", fg.astype(np.int64))
         info = {"id": sample.id, "shape": list(spatial), "spacing": [float(s) for s in sample.spacing],
                 "arrays": list(arrays), "has_label": sample.label is not None, "targets": list(targets),
                 "with_targets": bool(with_targets),

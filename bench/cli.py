@@ -199,6 +199,48 @@ def sweep(
     _guard(body)
 
 
+@app.command("learning-curve")
+def learning_curve_cmd(
+    methods: str = typer.Option(..., "--methods", help="Comma-separated method cards, run at every fraction."),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    fractions: str = typer.Option("0.1,0.25,0.5,1", "--fractions", help="Training fractions (nested subsets)."),
+    seeds: str = typer.Option("0,1,2", "--seeds"),
+    extra_methods: Optional[str] = typer.Option(None, "--extra-methods", help="Run at the smallest fraction only."),
+    pair: Optional[str] = typer.Option(None, "--pair", help="A,B: paired per-image test at each fraction."),
+    cross_domain: Optional[str] = typer.Option(None, "--cross-domain", help="Also train on all images and score "
+                                               "on this dataset card (same classes)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics"),
+    sets: Optional[list[str]] = SetOpt,
+    config: Optional[list[Path]] = ConfigOpt,
+    out: Path = typer.Option(Path("leaderboards"), "--out"),
+    name: Optional[str] = typer.Option(None, "--name", help="Document name (default lowdata_<dataset>)."),
+    note: Optional[Path] = typer.Option(None, "--note", help="A markdown file: the reading of the results."),
+    data_root: Optional[Path] = DataRootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Low-data study: every method at nested training fractions x seeds (+ cross-domain), table + figure."""
+
+    def body():
+        import shlex
+
+        from .studies import learning_curve
+
+        p = _csv(pair)
+        if pair and len(p) != 2:
+            raise ValueError(f"--pair takes two methods A,B, got {pair!r}")
+        written = learning_curve(
+            _csv(methods), dataset, [float(f) for f in _csv(fractions)], [int(s) for s in _csv(seeds)],
+            overlay=[str(c) for c in config or []], overrides=sets, data_root=str(data_root) if data_root else None,
+            extra_methods=_csv(extra_methods), pair=tuple(p) if p else None, cross_domain=cross_domain,
+            metrics=_csv(metrics) or None, out_dir=out, name=name, note=note.read_text() if note else None,
+            command="bench " + shlex.join(sys.argv[1:]), progress=not quiet)
+        for p_ in written.values():
+            typer.echo(f"wrote {p_}")
+
+    _setup_logging(quiet)
+    _guard(body)
+
+
 @app.command("leaderboard")
 def leaderboard_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d"),

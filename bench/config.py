@@ -78,9 +78,13 @@ class TrainConfig(Strict):
     val_every: int = Field(1, ge=1)
     val_max_images: int | None = Field(8, ge=1)
     monitor: str | None = None  # validation summary key; None: the method's default
-    monitor_mode: Literal["max", "min"] = "max"
+    monitor_mode: Literal["max", "min"] | None = None  # None: the monitored metric's registered direction
     early_stopping_patience: int | None = Field(None, ge=1)
     max_train_images: int | None = Field(None, ge=1)
+    # low-data protocol: a seeded, nested share of the training split (the 0.1 set lies inside the 0.25 set ...);
+    # the subset depends on fraction_seed only, so run seeds differ in training randomness, not in the images
+    fraction: float = Field(1.0, gt=0, le=1)
+    fraction_seed: int = 0
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     device: str = "auto"  # auto: cuda when present, else cpu
@@ -88,7 +92,8 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    split: str = "test"
+    split: str = "test"  # a split name, or "all" (every image: e.g. a whole other dataset)
+    dataset: str | None = None  # cross-domain: score on this dataset card (same classes) instead of the run's
     max_images: int | None = Field(None, ge=1)
     checkpoint: Literal["best", "last"] = "best"
     metrics: list[str] | None = None  # None: every metric of the task
@@ -151,6 +156,8 @@ class DatasetCard(Strict):
     source: SourceInfo = Field(default_factory=SourceInfo)
     splits: SplitConfig = Field(default_factory=SplitConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    # semantic view of an instance dataset: every label > 0 becomes class 1 (applied by the core for any reader)
+    foreground: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
@@ -173,6 +180,7 @@ class RunConfig(Strict):
     method: MethodCard
     dataset: DatasetCard
     extra_datasets: dict[str, DatasetCard] = Field(default_factory=dict)  # filled from method.extra_datasets
+    eval_dataset: DatasetCard | None = None  # filled from eval.dataset (cross-domain evaluation)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -429,16 +437,30 @@ def resolve_config(
     extra = {}
     given_extra = user.get("extra_datasets") or {}
     for role, name in mcard.extra_datasets.items():
-        if role in given_extra:  # a resolved config carries the cards themselves
-            extra[role] = given_extra[role]
-        elif name in ("", "@run"):  # the run's own dataset in another role (e.g. its unlabelled images)
+        if name in ("", "@run"):  # the run's own dataset in another role (e.g. its unlabelled images)
             extra[role] = dcard.model_dump()
+        elif isinstance(given_extra.get(role), dict) and given_extra[role].get("name") == name \
+                and "reader" in given_extra[role]:  # a resolved config carries the card itself
+            extra[role] = given_extra[role]
         else:
-            extra[role] = validate(DatasetCard, load_card_dict(card_path("datasets", name), "datasets"),
-                                   f"dataset card {name!r} (method.extra_datasets.{role})").model_dump()
-    top = {k: v for k, v in user.items() if k not in ("method", "dataset", "train", "eval", "extra_datasets")}
-    full = {"method": mcard.model_dump(), "dataset": dcard.model_dump(), "extra_datasets": extra, "train": train,
-            "eval": evalc, **top}
+            card = deep_merge(load_card_dict(card_path("datasets", name), "datasets"), given_extra.get(role) or {})
+            extra[role] = validate(DatasetCard, card, f"dataset card {name!r} (method.extra_datasets.{role})"
+                                   ).model_dump()
+    eval_card = None
+    if evalc.get("dataset"):
+        if isinstance(user.get("eval_dataset"), dict) and user["eval_dataset"].get("name") == evalc["dataset"]:
+            eval_card = user["eval_dataset"]  # a resolved config carries the card
+        else:
+            eval_card = validate(DatasetCard, load_card_dict(card_path("datasets", evalc["dataset"]), "datasets"),
+                                 f"dataset card {evalc['dataset']!r} (eval.dataset)").model_dump()
+            if eval_card["classes"] != dcard.classes or eval_card["task"] != dcard.task:
+                raise ConfigError(f"eval.dataset {evalc['dataset']!r} has task/classes {eval_card['task']} "
+                                  f"{eval_card['classes']}; the run's dataset {dcard.name!r} has {dcard.task} "
+                                  f"{dcard.classes}: cross-domain evaluation needs the same classes")
+    top = {k: v for k, v in user.items()
+           if k not in ("method", "dataset", "train", "eval", "extra_datasets", "eval_dataset")}
+    full = {"method": mcard.model_dump(), "dataset": dcard.model_dump(), "extra_datasets": extra,
+            "eval_dataset": eval_card, "train": train, "eval": evalc, **top}
     cfg = validate(RunConfig, full, "the run config (cards + --config + --set)")
     _check_impl_params(cfg)
     return cfg
@@ -457,7 +479,7 @@ def _check_impl_params(cfg: RunConfig) -> None:
         raise ConfigError(f"method card {cfg.method.name!r} on dataset {cfg.dataset.name!r}: {exc}") from None
     if resolved != cfg.method.params:
         cfg.method.params = resolved
-    for card in [cfg.dataset, *cfg.extra_datasets.values()]:
+    for card in [cfg.dataset, *cfg.extra_datasets.values(), *([cfg.eval_dataset] if cfg.eval_dataset else [])]:
         reader = DATASETS.get(card.reader)
         validate(reader.Params, card.params, f"dataset card {card.name!r}", "dataset.params.")
 

@@ -125,8 +125,9 @@ def _extents(objs: list) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def poisson_field(labels: np.ndarray, spacing: Any = None) -> np.ndarray:
-    """Per-cell solution of ``Δu = -1`` with ``u = 0`` outside the cell, scaled to [0, 1] per label id.
+def poisson_field(labels: np.ndarray, spacing: Any = None, scaled: bool = True) -> np.ndarray:
+    """Per-cell solution of ``Δu = -1`` with ``u = 0`` outside the cell, scaled to [0, 1] per label id
+    (``scaled=False``: the solution itself).
 
     The Laplacian is the 2*ndim+1-point stencil on the pixel grid (5-point in 2D, 7-point in 3D) with
     weights ``1 / spacing[d]**2``; every neighbour that is not a pixel of the same label id (background,
@@ -236,7 +237,7 @@ def poisson_field(labels: np.ndarray, spacing: Any = None) -> np.ndarray:
     oidx = (coords[0] - 2) * int(ost[0])
     for d in range(1, ndim):
         oidx += (coords[d] - 2) * int(ost[d])
-    out.reshape(-1)[oidx] = u / peak[ids]
+    out.reshape(-1)[oidx] = u / peak[ids] if scaled else u
     return out
 
 

@@ -91,8 +91,9 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
             log.warning("leaderboard %s: the seeds of %r were scored on %d different test image sets",
                         dataset, label, len(sets))
         prov["test_image_sets"] = sorted(sets)
+        # seeds on different image sets: the row mixes sets, and is never ranked
         rows.append(Row(label, cells, len(images), len(rs), prov,
-                        image_set=next(iter(sets)) if len(sets) == 1 else image_set_hash(sorted(images))))
+                        image_set=next(iter(sets)) if len(sets) == 1 else "mixed:" + image_set_hash(sorted(sets))))
     mark_comparable(rows, dataset)
     return rows, metrics, task
 
@@ -108,7 +109,8 @@ def mark_comparable(rows: list[Row], dataset: str = "") -> str | None:
     for r in measured:
         count[r.image_set] = count.get(r.image_set, 0) + 1
         size[r.image_set] = max(size.get(r.image_set, 0), r.n_images)
-    ref = max(count, key=lambda k: (count[k], size[k], k))
+    candidates = [k for k in count if not k.startswith("mixed:")] or list(count)
+    ref = max(candidates, key=lambda k: (count[k], size[k], k))
     for r in measured:
         r.comparable = r.image_set == ref
         if not r.comparable:

@@ -95,11 +95,13 @@ class FitContext:
         reader = reader or self.reader
         if id(reader) not in self._caches:
             card = reader.card
+            # what changes the arrays: the data (card without splits/schedules, reader class, root) and the
+            # method's targets (`Method.target_key`); not the split, the seed or the training schedule
             key = {"dataset": card.model_dump(mode="json", exclude={"train", "eval", "description", "citation",
-                                                                    "license", "source"}),
+                                                                    "license", "source", "splits"}),
+                   "reader": f"{type(reader).__module__}.{type(reader).__qualname__}",
                    "root": str(Path(reader.root).resolve()) if reader.root else None,
-                   "method": self.cfg.method.impl, "params": self.cfg.method.params,
-                   "targets": getattr(self.method, "target_key", lambda: None)()}
+                   "method": self.method.target_key()}
             self._caches[id(reader)] = self._sample_cache_cls(self._cache_root / card.name, key)
         return self._caches[id(reader)]
 
@@ -109,7 +111,17 @@ class FitContext:
         ids = self.splits.get("train") or []
         if not ids:
             raise DataError(f"dataset {self.cfg.dataset.name!r}: the train split is empty")
-        n = self.cfg.train.max_train_images
+        tc = self.cfg.train
+        if tc.fraction < 1:  # nested: one seeded order, the first ceil(f * n) of it
+            import math
+
+            import numpy as np
+
+            order = sorted(ids)
+            np.random.default_rng(tc.fraction_seed).shuffle(order)
+            keep = set(order[: max(1, math.ceil(tc.fraction * len(order)))])
+            ids = [i for i in ids if i in keep]
+        n = tc.max_train_images
         return ids[:n] if n else ids
 
     def val_ids(self) -> list[str]:
@@ -189,8 +201,11 @@ class FitContext:
         from .envinfo import seed_worker
         from .method import NonFiniteLossError
 
+        from .config import TrainConfig, deep_merge, validate
+
         method, cfg = self.method, self.cfg
-        tc = cfg.train.model_copy(update=train or {}) if train else cfg.train
+        tc = validate(TrainConfig, deep_merge(cfg.train.model_dump(), train), "train_loop(train=...) overrides",
+                      "train.") if train else cfg.train
         st = self.stage(stage) if stage else None
         method.stage = stage
         method.train_cfg = tc
@@ -207,7 +222,12 @@ class FitContext:
 
         val_ids = self.val_ids() if validate else []
         monitor = tc.monitor or (method.monitor if val_ids else "train/loss")
-        mode = tc.monitor_mode if (tc.monitor or val_ids) else "min"
+        if tc.monitor_mode:
+            mode = tc.monitor_mode
+        else:  # the metric's registered direction (hd95, losses: lower is better)
+            from .metrics import higher_is_better
+
+            mode = "max" if higher_is_better(monitor) else "min"
         last_path, best_path = self.files.checkpoint("last", stage), self.files.checkpoint("best", stage)
         history_path = self.files.history(stage)
         state: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "bad_epochs": 0,
@@ -218,7 +238,11 @@ class FitContext:
             state = ck["state"]
             log.info("resuming %s%s from epoch %d", self.files.root, f" stage {stage}" if stage else "",
                      state["epoch"])
-        if st and st.done or state.get("stopped_early"):
+        if st and st.done:
+            return state
+        if state.get("stopped_early"):
+            if st:  # killed between the last checkpoint and the done marker
+                st.finish({"epochs": state["epoch"], "best_value": state["best_value"]})
             return state
         method.on_fit_start(self)
         label = f"{stage} " if stage else ""

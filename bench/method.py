@@ -80,6 +80,7 @@ class Method:
         self.scalers: dict[str, Any] = {}
         self.train_cfg: "TrainConfig | None" = None
         self.extra_datasets: dict[str, "DatasetCard"] = {}
+        self.stage: str | None = None  # the named training stage running (None: the final loop)
 
     # -- config-time hooks ----------------------------------------------------------------------
     @classmethod
@@ -141,6 +142,18 @@ class Method:
             return self.default_monitor
         return "f1@0.50" if self.dataset.task == "instance" else "dice"
 
+    def target_key(self) -> dict[str, Any]:
+        """What determines the cached training arrays besides the data: part of the per-case cache key.
+        Default: the method class, its params, and the version of every registered target (a changed target
+        definition or a changed method rebuilds the cache). Override to leave out params that only change
+        post-processing (so tuning them reuses the cache)."""
+        from .registry import TARGETS
+
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "version": getattr(type(self), "targets_version", "1"),
+                "params": self.params.model_dump(mode="json"),
+                "targets": {n: str(TARGETS.entry(n).extra.get("version", "1")) for n in TARGETS.names()}}
+
     def weights_files(self) -> dict[str, Path]:
         """Pretrained weight files this method loads (name -> path); their sha256 goes into the summary."""
         return {}
@@ -165,6 +178,8 @@ class Method:
     def configure_optimizers(self, cfg: "TrainConfig", steps_total: int) -> None:
         import torch
 
+        # a new loop (stage) gets new optimisers: nothing of the previous stage's may linger
+        self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         for name, nets in self.optimizer_groups().items():
             params = [p for n in nets for p in self.networks[n].parameters() if p.requires_grad]
             if not params:
@@ -297,10 +312,11 @@ class Method:
             if k not in self.networks:
                 raise KeyError(f"checkpoint holds network {k!r}; this method builds {sorted(self.networks)}")
             self.networks[k].load_state_dict(sd)
-        for group, target in (("optimizers", self.optimizers), ("schedulers", self.schedulers),
-                              ("scalers", self.scalers)):
-            for k, sd in state.get(group, {}).items():
-                if k in target:
+        scalers = state.get("scalers") or ({"main": state["scaler"]} if state.get("scaler") else {})  # old key
+        for target, saved in ((self.optimizers, state.get("optimizers", {})),
+                              (self.schedulers, state.get("schedulers", {})), (self.scalers, scalers)):
+            for k, sd in saved.items():
+                if k in target and sd:  # a disabled scaler saves {}: nothing to restore
                     target[k].load_state_dict(sd)
         self.load_extra_state(state.get("extra") or {})
 

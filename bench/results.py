@@ -41,7 +41,7 @@ class FinishedRun:
         from .runfiles import RunFiles
 
         return pd.read_csv(RunFiles(self.run_dir).table(self.summary.get("split", "test")), keep_default_na=False,
-                           dtype={"class": str, "flag": str})
+                           dtype={"image": str, "class": str, "flag": str})
 
 
 def finished_runs(output_root: str | Path, dataset: str, split: str = "test") -> list[FinishedRun]:
@@ -82,7 +82,7 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
         if (rd / CONFIG_FILE).exists():
             same = load_run_config(rd).config_hash() == cfg.config_hash()
             state = read_status(rd).get("state")
-            if same and state == "finished" and RunFiles(rd).summary().exists():
+            if same and state == "finished" and RunFiles(rd).summary(cfg.eval.split).exists():
                 report["skipped"].append(key)
                 log.info("skip %s: finished in %s", key, rd)
                 continue

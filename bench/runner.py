@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 from .config import RunConfig, dump_config, flatten, read_yaml, validate
-from .data import DataError, DatasetReader, resolve_data_root
+from .data import DataError, DatasetReader, Sample, resolve_data_root
 from .method import Method, sha256_file
 from .registry import DATASETS, METHODS
 from .runfiles import CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, TABLE_FILE, RunFiles  # noqa: F401
@@ -66,7 +68,32 @@ def open_reader(card, data_root: str | None = None, *, download: bool = True) ->
         if not root.exists():
             raise DataError(f"dataset {card.name!r} not found at {root}. {hint}")
     params = validate(reader_cls.Params, card.params, f"dataset card {card.name!r}", "dataset.params.")
-    return reader_cls(card, root, params)
+    reader = reader_cls(card, root, params)
+    return ForegroundView(reader) if card.foreground else reader
+
+
+class ForegroundView(DatasetReader):
+    """A reader's samples with every label > 0 as class 1 (a card's ``foreground: true``)."""
+
+    def __init__(self, inner: DatasetReader) -> None:
+        self.inner, self.card, self.root, self.params = inner, inner.card, inner.root, inner.params
+
+    def list_ids(self) -> list[str]:
+        return self.inner.list_ids()
+
+    def official_splits(self):
+        return self.inner.official_splits()
+
+    def __getattr__(self, name: str):  # the reader's own helpers (e.g. ctc's is_complete) stay reachable
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def load(self, sample_id: str) -> Sample:
+        s = self.inner.load(sample_id)
+        if s.label is not None:
+            s.label = (s.label > 0).astype(np.int32)
+        return s
 
 
 def open_dataset(cfg: RunConfig, data_root: str | None = None) -> DatasetReader:
@@ -79,9 +106,13 @@ def open_extra_datasets(cfg: RunConfig, data_root: str | None = None) -> dict[st
 
 def dataset_splits(cfg: RunConfig, reader: DatasetReader, *, persist: bool = True) -> dict[str, list[str]]:
     """The split policy (one owner): persisted per dataset under the output root, checked against the data."""
+    return dataset_splits_of(cfg.dataset, reader, cfg.output_root if persist else None)
+
+
+def dataset_splits_of(card, reader: DatasetReader, output_root: str | Path | None) -> dict[str, list[str]]:
     from .data import split_policy
 
-    return split_policy(cfg.dataset, reader, Path(cfg.output_root) / cfg.dataset.name if persist else None)
+    return split_policy(card, reader, Path(output_root) / card.name if output_root is not None else None)
 
 
 def make_tracker(cfg: RunConfig):
@@ -111,6 +142,17 @@ def method_availability(cfg: RunConfig) -> str:
     cls = entry.obj
     params = validate(cls.Params, cfg.method.params, f"method card {cfg.method.name!r}", "method.params.")
     return cls.availability(params) or "ok"
+
+
+def monitor_mode(cfg: RunConfig) -> str:
+    """'max' or 'min' for the validation monitor: the config's, else the monitored metric's registered direction."""
+    if cfg.train.monitor_mode:
+        return cfg.train.monitor_mode
+    from .metrics import higher_is_better
+
+    cls = METHODS.get(cfg.method.impl)
+    name = cfg.train.monitor or cls.default_monitor or ("f1@0.50" if cfg.dataset.task == "instance" else "dice")
+    return "max" if higher_is_better(name) else "min"
 
 
 def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None):
@@ -228,7 +270,7 @@ def run(
     }, parent_run_id=parent_run_id)
     _update_status(run_dir, state="running", started=time.time(), mlflow_run_id=mlflow_id,
                    config_hash=cfg.config_hash(), device=str(device))
-    tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"method": {"tune"}, "extra_datasets": True})))
+    tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"method": {"tune"}, "extra_datasets": True, "eval_dataset": True})))
     tracker.log_artifact(files.config)
     tracker.log_artifact(files.environment)
     ctx = FitContext(cfg, method, reader, splits, files, tracker, resuming=resuming, progress=progress,
@@ -296,8 +338,15 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
 
     files = RunFiles(run_dir)
     split = split or cfg.eval.split
+    scored = cfg.dataset
+    if cfg.eval_dataset is not None:  # cross-domain: the other dataset's images, with its own split policy
+        scored = cfg.eval_dataset
+        reader = open_reader(scored, cfg.data_root)
+        splits = dataset_splits_of(scored, reader, cfg.output_root)
+    if split == "all":
+        splits = {**splits, "all": sorted(reader.list_ids())}
     if split not in splits or not splits[split]:
-        raise DataError(f"dataset {cfg.dataset.name!r}: split {split!r} is empty or missing (have {sorted(splits)})")
+        raise DataError(f"dataset {scored.name!r}: split {split!r} is empty or missing (have {sorted(splits)})")
     ids = splits[split][: cfg.eval.max_images or None]
     if method.trainable and cfg.train.epochs > 0:
         load_checkpoint(method, run_dir, cfg.eval.checkpoint)
@@ -327,12 +376,14 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
     env = json.loads(files.environment.read_text()) if files.environment.exists() else {}
     summary = {
         "method": cfg.method.name, "dataset": cfg.dataset.name, "seed": cfg.seed, "tag": cfg.tag,
-        "split": split, "n_images": len(ids), "test_ids_hash": image_set_hash(ids), "metrics": metrics,
+        "eval_dataset": scored.name, "split": split, "n_images": len(ids), "test_ids_hash": image_set_hash(ids), "metrics": metrics,
         "seconds_per_image": t_pred / max(1, len(ids)),
         "config_hash": cfg.config_hash(), "mlflow_run_id": status.get("mlflow_run_id"),
         "git_commit": env.get("git_commit"), "hardware": hardware_summary(env) if env else None,
         "task": cfg.dataset.task, "created": time.time(), **provenance(method, cfg),
     }
+    if cfg.train.fraction < 1:
+        summary["train_fraction"] = cfg.train.fraction
     _write_json(files.summary(split), summary)
     tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items()})
     for p in (files.table(split), files.summary(split), files.history(), files.splits):

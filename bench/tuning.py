@@ -110,7 +110,9 @@ class Study:
         storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=_engine_kwargs(self.storage_url))
         pruner = self.pruner or optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
                                                             n_warmup_steps=self.n_warmup_steps)
-        direction = "maximize" if self.base.train.monitor_mode == "max" else "minimize"
+        from .runner import monitor_mode
+
+        direction = "maximize" if monitor_mode(self.base) == "max" else "minimize"
         return optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
                                    pruner=pruner, sampler=optuna.samplers.TPESampler(seed=None),
                                    load_if_exists=True)

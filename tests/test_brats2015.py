@@ -82,4 +82,4 @@ def test_3d_run_on_brats2015_from_the_disk_cache(tmp_path, monkeypatch):
     # training read its cases from the per-case cache (one folder per case: image, label, target, fg)
     cases = sorted((tmp_path / "cache" / "samples" / "brats2015").iterdir())
     assert len(cases) == 3  # 2 training cases + 1 validation case
-    assert {p.name for p in cases[0].iterdir()} >= {"image.npy", "label.npy", "case.json"}
+    assert {p.name for p in cases[0].iterdir()} >= {"image.npy", "label.npy", "case.json", "_fg_locations.npy"}

@@ -117,4 +117,6 @@ class BraTS2015(DatasetReader):
                 image, label = np.ascontiguousarray(image[(slice(None), *sl)]), np.ascontiguousarray(label[sl])
         return Sample(sample_id, image, label, spacing,
                       {"image_path": str(folder / f"{p.modalities[0]}{p.image_suffix}"),
-                       "label_path": str(lab_path), "crop": box})
+                       "label_path": str(lab_path), "crop": box,
+                       "sources": [str(folder / f"{m}{p.image_suffix}") for m in p.modalities]
+                       + ([str(folder / p.brain_mask)] if p.crop_to_brain and p.brain_mask else [])})

@@ -44,6 +44,9 @@ class CTCParams(BaseModel):
     use_silver_truth: bool = False
     silver_only: bool = False
     test_sequences: list[str] | None = None
+    # keep only frames whose gold SEG mask covers every tracked object (each TRA marker at least half inside
+    # the SEG foreground); reads the TRA and SEG masks of every frame once when listing
+    complete_frames_only: bool = False
 
 
 @register_dataset("ctc", description="Cell Tracking Challenge (01/t000.tif, 01_GT/SEG/man_seg000.tif, ST)")
@@ -87,7 +90,41 @@ class CTC(DatasetReader):
         return dict(sorted(out.items()))
 
     def list_ids(self) -> list[str]:
+        if self.params.complete_frames_only:
+            return [sid for sid in self._index if self.is_complete(sid)]
         return list(self._index)
+
+    def _tra_file(self, sample_id: str) -> Path | None:
+        seq, seg = self._index[sample_id]
+        t = SEG_RE.match(seg.name).group(1)
+        folder = self.root / f"{seq}_GT" / "TRA"
+        for digits in {len(t), 3, 4}:
+            p = folder / f"man_track{int(t):0{digits}d}.tif"
+            if p.exists():
+                return p
+        return None
+
+    def is_complete(self, sample_id: str) -> bool:
+        """True when the frame's SEG mask covers every nucleus its TRA markers show (>= half of each marker)."""
+        import numpy as np
+
+        if sample_id in self._complete:
+            return self._complete[sample_id]
+        tra_path = self._tra_file(sample_id)
+        if tra_path is None:
+            raise DataError(f"ctc: complete_frames_only needs the tracking markers of {sample_id}: expected "
+                            f"{self.root / (sample_id.split('_')[0] + '_GT') / 'TRA'}/man_trackTTT.tif")
+        tra = read_array(tra_path, "tracking markers")
+        seg = read_array(self._index[sample_id][1], "label")
+        ids, counts = np.unique(tra[tra > 0], return_counts=True)
+        inside = np.bincount(tra[(tra > 0) & (seg > 0)].ravel(), minlength=int(ids.max(initial=0)) + 1)
+        ok = bool(np.all(inside[ids] * 2 >= counts)) if len(ids) else bool(seg.any())
+        self._complete[sample_id] = ok
+        return ok
+
+    @cached_property
+    def _complete(self) -> dict[str, bool]:
+        return {}
 
     def official_splits(self) -> dict[str, list[str]] | None:
         test_seq = self.params.test_sequences
