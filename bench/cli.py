@@ -149,7 +149,7 @@ def eval_cmd(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
-    input: Path = typer.Option(..., "--input", "-i", help="Folder of images (any size)."),
+    input: Path = typer.Option(..., "--input", "-i", help="A folder of images (any size) or one image file."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the label images (.tif)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:

@@ -423,27 +423,58 @@ def evaluate_run(run_dir: str | Path, *, split: str | None = None, data_root: st
     return summary
 
 
+def output_stem(path: Path) -> str:
+    """A file name without its image suffix only (``plate1.A01.tif -> plate1.A01``, ``x.nii.gz -> x``)."""
+    from .imageio_utils import IMAGE_SUFFIXES
+
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str | Path, *,
                    progress: bool = True) -> list[Path]:
-    """Segment every image of a folder with a trained run; images of any size (tiled when large)."""
+    """Segment every image of a folder (or one image file) with a trained run; any size (tiled when large).
+
+    Each output is ``<output>/<input name without its image suffix>.tif``; inputs whose names would give the
+    same output, and an output folder that is the input folder, are refused before anything is written.
+    """
     from .imageio_utils import IMAGE_SUFFIXES, as_channels_first, read_image, write_label
     from .loop import progress_bar
 
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if input_dir.is_file():
+        files = [input_dir]
+    elif input_dir.is_dir():
+        files = sorted(p for p in input_dir.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    else:
+        raise DataError(f"input not found: {input_dir}")
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir}")
+    in_folder = input_dir if input_dir.is_dir() else input_dir.parent
+    if output_dir.resolve() == in_folder.resolve():
+        raise DataError(f"--output {output_dir} is the input folder: label images would overwrite or mix with the "
+                        "inputs; choose another folder")
+    dests: dict[Path, Path] = {}
+    for f in files:
+        dest = output_dir / (output_stem(f) + ".tif")
+        if dest in dests:
+            raise DataError(f"{dests[dest].name} and {f.name} would both be written to {dest}; rename one")
+        dests[dest] = f
     cfg, method = reopen(run_dir)
     if method.trainable and cfg.train.epochs > 0:
         load_checkpoint(method, Path(run_dir), cfg.eval.checkpoint)
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    files = sorted(p for p in input_dir.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)) \
-        if input_dir.is_dir() else []
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir}")
     out = []
-    for f in progress_bar(files, progress, "predicting"):
+    for dest, f in progress_bar(list(dests.items()), progress, "predicting"):
         raw, spacing = read_image(f, with_spacing=True)
-        img = as_channels_first(raw, cfg.dataset.ndim, cfg.dataset.channels)
+        try:
+            img = as_channels_first(raw, cfg.dataset.ndim, cfg.dataset.channels)
+        except DataError as exc:
+            raise DataError(f"{f}: {exc}") from None
         pred = method.predict(method.normalize(img), cfg.train.patch_size, cfg.eval.tile_overlap,
                               meta={"spacing": spacing, "id": f.name} if spacing else {"id": f.name})
-        dest = output_dir / (f.name.split(".")[0] + ".tif")
         write_label(dest, pred)
         out.append(dest)
     return out

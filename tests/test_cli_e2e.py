@@ -106,6 +106,29 @@ def test_eval_and_predict_on_a_finished_run(finished_run, tmp_path):
     assert tifffile.imread(tmp_path / "out" / "big.tif").shape == (520, 996)
 
 
+def test_predict_keeps_dotted_names_takes_one_file_and_refuses_clashes(finished_run, tmp_path):
+    from bench.runner import predict_folder
+
+    _, run_dir, _ = finished_run
+    img = tifffile.imread(sorted((DATA_ROOT / "bbbc039" / "images").glob("*.tif"))[0])[:256, :256]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    tifffile.imwrite(inp / "plate1.A01.tif", img)
+    import imageio.v3 as iio
+
+    iio.imwrite(inp / "plate1.A02.png", (img // 256).astype(np.uint8))
+    out = predict_folder(run_dir, inp, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in out) == ["plate1.A01.tif", "plate1.A02.tif"]  # once both became plate1.tif
+    one = predict_folder(run_dir, inp / "plate1.A01.tif", tmp_path / "one", progress=False)
+    assert [p.name for p in one] == ["plate1.A01.tif"]
+    tifffile.imwrite(inp / "plate1.A02.tiff", img)
+    with pytest.raises(Exception, match="plate1.A02.png and plate1.A02.tiff would both be written"):
+        predict_folder(run_dir, inp, tmp_path / "clash", progress=False)
+    assert not (tmp_path / "clash").exists()  # refused before writing anything
+    with pytest.raises(Exception, match="is the input folder"):
+        predict_folder(run_dir, inp, inp, progress=False)
+
+
 def test_unknown_names_list_valid_ones(tmp_path):
     out = bench("run", "--method", "poison", "--dataset", "bbbc039", cwd=tmp_path)
     assert out.returncode == 2 and "Did you mean 'poisson'" in out.stderr and "Valid methods:" in out.stderr
@@ -147,3 +170,18 @@ def test_killed_run_resumes_losing_at_most_one_epoch(tmp_path):
     assert list(hist_df["epoch"]) == [1, 2, 3, 4]  # each epoch exactly once
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     assert done_before >= 1
+
+
+def test_eval_of_another_split_keeps_the_test_results(finished_run):
+    work, run_dir, _ = finished_run
+    before = (run_dir / "summary.json").read_text()
+    table = (run_dir / "metrics_per_image.csv").read_text()
+    out = bench("eval", str(run_dir), "--split", "val", "-q", cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "summary.json").read_text() == before  # the test summary is untouched
+    assert (run_dir / "metrics_per_image.csv").read_text() == table
+    val = json.loads((run_dir / "eval_val" / "summary.json").read_text())
+    assert val["split"] == "val" and (run_dir / "eval_val" / "metrics_per_image.csv").exists()
+    from bench.results import finished_runs
+
+    assert [r.run_dir for r in finished_runs(work / "runs", "bbbc039")] == [run_dir]  # still on the leaderboard
