@@ -39,6 +39,7 @@ class Cell:
     ci: tuple[float, float]  # 95% bootstrap CI of that mean, resampling images
     seed_mean: float  # mean over seeds of each seed's per-image mean
     seed_sd: float  # sd over seeds (0 for one seed)
+    deterministic: bool = False  # several seeds gave identical per-image values: "sd 0" would mislead
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Row:
     citation: str = ""
     image_set: str = ""  # hash of the test image ids the row was scored on
     comparable: bool = True  # False: scored on another image set than the reference rows; never ranked
+    partial: list[str] = field(default_factory=list)  # why the runs are smoke-sized (a subset of the budget)
 
 
 def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None = None,
@@ -75,8 +77,11 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
                 continue
             vals = np.array(list(per_img.values()))
             seed_means = [np.mean(list(per_image_values([r], m).values())) for r in rs]
+            per_seed = [per_image_values([r], m) for r in rs]
+            same = len(rs) > 1 and all(p == per_seed[0] for p in per_seed[1:])
             cells[m] = Cell(float(vals.mean()), bootstrap_ci(vals, n_boot=n_boot),
-                            float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)) if len(rs) > 1 else 0.0)
+                            float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)) if len(rs) > 1 else 0.0,
+                            deterministic=same)
         images = {i for r in rs for i in r.table()["image"].unique()}
         prov = {
             "runs": [str(r.run_dir) for r in rs],
@@ -91,11 +96,35 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
             log.warning("leaderboard %s: the seeds of %r were scored on %d different test image sets",
                         dataset, label, len(sets))
         prov["test_image_sets"] = sorted(sets)
+        partial = _partial_budget(rs)
+        if partial:
+            log.warning("leaderboard %s: %r comes from smoke-sized runs (%s): not a published result",
+                        dataset, label, "; ".join(partial))
         # seeds on different image sets: the row mixes sets, and is never ranked
         rows.append(Row(label, cells, len(images), len(rs), prov,
-                        image_set=next(iter(sets)) if len(sets) == 1 else "mixed:" + image_set_hash(sorted(sets))))
+                        image_set=next(iter(sets)) if len(sets) == 1 else "mixed:" + image_set_hash(sorted(sets)),
+                        partial=partial))
     mark_comparable(rows, dataset)
     return rows, metrics, task
+
+
+def _partial_budget(runs: list[FinishedRun]) -> list[str]:
+    """Reasons a row's runs are smoke-sized: capped training images, capped test images, a quick preset."""
+    from .runner import load_run_config
+
+    why: set[str] = set()
+    for r in runs:
+        try:
+            cfg = load_run_config(r.run_dir)
+        except Exception:  # an old or hand-made run folder: nothing to judge from
+            continue
+        if cfg.train.max_train_images:
+            why.add(f"train.max_train_images={cfg.train.max_train_images}")
+        if cfg.eval.max_images:
+            why.add(f"eval.max_images={cfg.eval.max_images}")
+        if "quick" in (cfg.tag or ""):
+            why.add(f"tag {cfg.tag!r}")
+    return sorted(why)
 
 
 def mark_comparable(rows: list[Row], dataset: str = "") -> str | None:
@@ -154,7 +183,8 @@ def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
     main = f"{c.mean:.{digits}f}"
     if np.isnan(c.ci[0]):
         return main, ""
-    return main, f"[{c.ci[0]:.{digits}f}, {c.ci[1]:.{digits}f}] ({c.seed_mean:.{digits}f} ± {c.seed_sd:.{digits}f})"
+    spread = "deterministic" if c.deterministic else f"{c.seed_mean:.{digits}f} ± {c.seed_sd:.{digits}f}"
+    return main, f"[{c.ci[0]:.{digits}f}, {c.ci[1]:.{digits}f}] ({spread})"
 
 
 def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str,
@@ -196,7 +226,12 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             for m in metrics:
                 main, rest = _fmt(r.cells.get(m))
                 cells.append((f"**{main}**" if r.label in best[m] else main) + (f" {rest}" if rest else ""))
-            lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
+            flag = " (smoke run)" if r.partial else ""
+            lines.append(f"| {r.label}{flag} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
+        smoke = [r for r in measured + apart if r.partial]
+        if smoke:
+            lines += ["", "**Warning:** smoke-sized runs (not results to publish): " + "; ".join(
+                f"{r.label}: {', '.join(r.partial)}" for r in smoke)]
         if apart:
             lines += ["", "**Warning:** scored on a different set of test images than the rows above, so not "
                       "comparable with them and not ranked:", "",
@@ -220,7 +255,9 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                          f"{', '.join(p['runs'])}")
         return "\n".join(lines) + "\n"
     if fmt == "html":
-        head = "".join(f"<th>{m}</th>" for m in metrics)
+        from html import escape
+
+        head = "".join(f"<th>{escape(m)}</th>" for m in metrics)
         body = []
         for r in measured + apart + reported:
             tds = []
@@ -228,12 +265,15 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                 main, rest = _fmt(r.cells.get(m))
                 main = f"<b>{main}</b>" if (not r.reported and r.label in best[m]) else main
                 tds.append(f"<td>{main}<br><small>{rest}</small></td>")
-            name = r.label + (" (reported)" if r.reported else "" if r.comparable else " (other test images)")
+            name = escape(r.label + (" (reported)" if r.reported else "" if r.comparable else " (other test images)")
+                          + (" (smoke run)" if r.partial else ""))
             body.append(f"<tr><td>{name}</td>{''.join(tds)}<td>{r.n_images}</td><td>{r.n_seeds}</td></tr>")
-        return (f"<html><body><h1>Leaderboard: {dataset}</h1><p>mean [95% bootstrap CI] (mean ± sd over seeds); "
-                f"<a href='../{METRICS_DOC}'>metric definitions</a></p><table border='1'><tr><th>method</th>{head}"
-                f"<th>images</th><th>seeds</th></tr>{''.join(body)}</table><p><code>{command}</code></p>"
-                "</body></html>\n")
+        note_html = f"<p>{escape(note)}</p>" if note else ""
+        return (f"<html><head><meta charset='utf-8'></head><body><h1>Leaderboard: {escape(dataset)}</h1>"
+                f"<p>mean [95% bootstrap CI] (mean ± sd over seeds); "
+                f"<a href='../{METRICS_DOC}'>metric definitions</a></p>{note_html}<table border='1'><tr>"
+                f"<th>method</th>{head}<th>images</th><th>seeds</th></tr>{''.join(body)}</table>"
+                f"<p><code>{escape(command)}</code></p></body></html>\n")
     if fmt == "tex":
         cols = "l" + "c" * len(metrics) + "rr"
         lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",

@@ -58,7 +58,9 @@ def test_leaderboard_from_real_runs(swept, tmp_path):
     # bold marks the best measured value, never the reported row
     best = measured["pq"].idxmax()
     md = out["md"].read_text()
-    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {best} |"))
+    # the sweep used FAST_RUN (capped training and test images): marked as smoke runs, with a warning
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {best} (smoke run) |"))
+    assert "**Warning:** smoke-sized runs" in md and "train.max_train_images=4" in md
     assert f"**{measured.loc[best, 'pq']:.3f}**" in line
     assert "paper_method (reported)" in md and "Someone et al. 2024" in md
     assert "**0.990**" not in md
@@ -134,3 +136,28 @@ def test_metric_direction_and_headline_come_from_the_registry():
     assert default_metrics("instance") == ["ap@0.50", "map", "f1@0.50", "pq", "sq", "rq"]
     assert not higher_is_better("hd95/enhancing_tumour") and higher_is_better("f1@0.50_pooled")
     assert not higher_is_better("train/loss") and higher_is_better("dice")
+
+
+def test_deterministic_rows_smoke_runs_and_html_escaping(tmp_path, caplog):
+    from bench.config import dump_config, resolve_config
+    from bench.leaderboard import leaderboard
+
+    imgs = [f"im{i}" for i in range(12)]
+    vals = dict(zip(imgs, np.linspace(0.5, 0.9, 12)))
+    for seed in (0, 1, 2):  # a training-free method: the same numbers for every seed
+        _fake_run(tmp_path, "classic", seed, vals)
+    _fake_run(tmp_path, "<b onmouseover=alert(1)>x", 0, {i: 0.6 for i in imgs})
+    _fake_run(tmp_path, "quickie", 0, {i: 0.7 for i in imgs})
+    cfg = resolve_config("unet", "bbbc039", overrides=["eval.max_images=12", "tag=quick"])
+    (tmp_path / "ds" / "quickie" / "seed0" / "config.yaml").write_text(dump_config(cfg))
+    with caplog.at_level("WARNING"):
+        out = leaderboard("ds", output_root=tmp_path, out_dir=tmp_path / "lb", formats=["md", "html"],
+                          metrics=["f1@0.50"], log_mlflow=False, n_boot=100, note="<img src=x onerror=alert(2)>")
+    md = out["md"].read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| classic |"))
+    assert "(deterministic)" in line and "± 0.000" not in line
+    assert "| quickie (smoke run) |" in md and "eval.max_images=12" in md and "tag 'quick'" in md
+    assert "'quickie' comes from smoke-sized runs" in caplog.text
+    html = out["html"].read_text()
+    assert "<b onmouseover" not in html and "&lt;b onmouseover=alert(1)&gt;x" in html
+    assert "<img" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
