@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .cache import SampleCache, cache_root
+
 if TYPE_CHECKING:
     from .config import RunConfig, TrainConfig
     from .data import DatasetReader
@@ -80,15 +82,12 @@ class FitContext:
                  files: "RunFiles", tracker, *, resuming: bool, progress: bool = True,
                  on_epoch: Callable[[int, float], None] | None = None,
                  readers: dict[str, "DatasetReader"] | None = None) -> None:
-        from .cache import SampleCache, cache_root
-
         self.cfg, self.method, self.reader, self.splits = cfg, method, reader, splits
         self.files, self.tracker = files, tracker
         self.resuming, self.progress, self.on_epoch = resuming, progress, on_epoch
         self.readers = dict(readers or {})  # role -> reader of the method's extra datasets
-        self._caches: dict[int, Any] = {}
+        self._caches: dict[int, SampleCache] = {}
         self._cache_root = cache_root() / "samples"
-        self._sample_cache_cls = SampleCache
 
     # -- data -----------------------------------------------------------------------------------
     def sample_cache(self, reader: "DatasetReader | None" = None):
@@ -102,7 +101,7 @@ class FitContext:
                    "reader": f"{type(reader).__module__}.{type(reader).__qualname__}",
                    "root": str(Path(reader.root).resolve()) if reader.root else None,
                    "method": self.method.target_key()}
-            self._caches[id(reader)] = self._sample_cache_cls(self._cache_root / card.name, key)
+            self._caches[id(reader)] = SampleCache(self._cache_root / card.name, key)
         return self._caches[id(reader)]
 
     def train_ids(self) -> list[str]:

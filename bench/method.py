@@ -90,21 +90,13 @@ class Method:
         from .networks import NetworkSpec, check_spec
 
         model = cls.Params.model_validate(params)
-        changed = False
-        for name, info in type(model).model_fields.items():
-            value = getattr(model, name)
-            if isinstance(value, NetworkSpec):
-                resolved = check_spec(value, dataset.ndim, f"method.params.{name}")
-                if resolved != value:
-                    setattr(model, name, resolved)
-                    changed = True
-        if not changed:
-            return params
         out = dict(params)
         for name in type(model).model_fields:
             value = getattr(model, name)
             if isinstance(value, NetworkSpec):
-                out[name] = value.model_dump(mode="json", exclude={"per_ndim"})
+                resolved = check_spec(value, dataset.ndim, f"method.params.{name}")
+                if resolved != value:
+                    out[name] = resolved.model_dump(mode="json", exclude={"per_ndim"})
         return out
 
     @classmethod

@@ -487,3 +487,33 @@ def test_training_patches_come_from_the_disk_cache_not_memory(tmp_path, cards):
     finally:
         type(reader).load = orig
     assert calls == []
+
+
+def test_bad_loop_settings_fail_with_the_key(tmp_path, cards):
+    """Typos in per-stage overrides, patches the network cannot take, and names that would leave the output
+    root are refused with the key named; the monitor's direction follows the metric's registration."""
+    from bench.config import ConfigError, TrainConfig
+    from bench.loop import FitContext
+    from bench.runfiles import RunFiles
+    from bench.runner import build_method, dataset_splits, monitor_mode, open_dataset
+
+    cfg = _cfg("toy_staged", tmp_path)
+    reader = open_dataset(cfg)
+    method = build_method(cfg, torch.device("cpu"))
+    ctx = FitContext(cfg, method, reader, dataset_splits(cfg, reader), RunFiles(tmp_path / "r"), None,
+                     resuming=False, progress=False)
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*Did you mean 'train.epochs'"):
+        ctx.train_loop(train={"epoch": 5})
+
+    unet = resolve_config("unet", "toy_blobs", overrides=["train.patch_size=[40,40]", "tracking.enabled=false",
+                                                          f"output_root={tmp_path / 'u'}"])
+    with pytest.raises(ValueError, match=r"train.patch_size \[40, 40\]: every axis must be a multiple of 32"):
+        run(unet, progress=False)
+
+    for bad in ("method.name=../../x", "dataset.name=a/b", "tag=.hidden"):
+        with pytest.raises(ConfigError, match="may hold letters, digits"):
+            resolve_config("toy_gan", "toy_blobs", overrides=[bad])
+
+    assert monitor_mode(resolve_config("unet", "toy_blobs", overrides=["train.monitor=hd95"])) == "min"
+    assert monitor_mode(resolve_config("unet", "toy_blobs")) == "max"
+    assert TrainConfig().monitor_mode is None

@@ -55,8 +55,8 @@ def _shifted(u: "torch.Tensor", d: int, boundary: str):
     pad = [0, 0] * ndim
     k = 2 * (ndim - 1 - d)  # F.pad lists the last axis first
     pad[k] = pad[k + 1] = 1
-    mode = "replicate" if boundary == "reflect" else "constant"
-    p = F.pad(u, pad, mode=mode) if mode == "replicate" else F.pad(u, pad, mode="constant", value=0.0)
+    # reflecting (zero-flux): the ghost cell repeats the border cell; zero: Dirichlet u = 0 outside
+    p = F.pad(u, pad, mode="replicate") if boundary == "reflect" else F.pad(u, pad, mode="constant", value=0.0)
     ax = 2 + d
     n = u.shape[ax]
     return p.narrow(ax, 2, n), p.narrow(ax, 0, n)
@@ -77,6 +77,8 @@ def laplacian(u: "torch.Tensor", spacing: Sequence[float] | None = None, boundar
 
 def gradient(u: "torch.Tensor", spacing: Sequence[float] | None = None) -> list["torch.Tensor"]:
     """Central differences (u[i+1] - u[i-1]) / (2 h) per spatial axis; one-sided at the border."""
+    import torch
+
     u = u.float()
     grads = []
     for d in range(u.ndim - 2):
@@ -86,8 +88,6 @@ def gradient(u: "torch.Tensor", spacing: Sequence[float] | None = None) -> list[
         if n < 2:
             grads.append(u.new_zeros(u.shape))
             continue
-        import torch
-
         inner = (u.narrow(ax, 2, n - 2) - u.narrow(ax, 0, n - 2)) / 2 if n > 2 else u.narrow(ax, 0, 0)
         first = u.narrow(ax, 1, 1) - u.narrow(ax, 0, 1)
         last = u.narrow(ax, n - 1, 1) - u.narrow(ax, n - 2, 1)
