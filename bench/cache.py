@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
-SAMPLE_CACHE_VERSION = "2"
+SAMPLE_CACHE_VERSION = "3"
 # foreground voxels remembered per case for oversampling (nnU-Net keeps 10,000 per class)
 FG_LOCATIONS = 10_000
 
@@ -143,6 +143,7 @@ class CaseEntry:
         self.spacing: tuple[float, ...] = tuple(info["spacing"])
         self.keys: list[str] = list(info["arrays"])
         self.has_label: bool = bool(info["has_label"])
+        self.partial: bool = bool(info.get("partial", False))  # the label annotates only some objects
         self._headers: dict[str, tuple] = {}  # name -> (shape, dtype, fortran, offset): parsed once
 
     def array(self, name: str, mmap: bool = True) -> np.ndarray:
@@ -200,10 +201,12 @@ class SampleCache:
         if sample.label is not None:
             arrays["label"] = np.ascontiguousarray(sample.label)
         for k, v in targets.items():
-            if k in arrays or k.startswith("_"):
-                raise ValueError(f"make_targets returned the reserved name {k!r} (image, label and names "
+            if k in arrays or k == "ignore" or k.startswith("_"):
+                raise ValueError(f"make_targets returned the reserved name {k!r} (image, label, ignore and names "
                                  "starting with '_' belong to the cache)")
             arrays[k] = np.ascontiguousarray(v)
+        if sample.label is not None and getattr(sample, "ignore", None) is not None and sample.ignore.any():
+            arrays["ignore"] = np.ascontiguousarray(sample.ignore, dtype=bool)
         spatial = arrays["image"].shape[1:]
         for k, v in arrays.items():
             if tuple(v.shape[-len(spatial):]) != tuple(spatial):
@@ -218,7 +221,7 @@ class SampleCache:
             atomic_save_npy(folder / "_fg_locations.npy", fg.astype(np.int64))
         info = {"id": sample.id, "shape": list(spatial), "spacing": [float(s) for s in sample.spacing],
                 "arrays": list(arrays), "has_label": sample.label is not None, "targets": list(targets),
-                "with_targets": bool(with_targets),
+                "with_targets": bool(with_targets), "partial": bool(getattr(sample, "partial", False)),
                 "fingerprint": _fingerprint(sample.meta or {})}
         atomic_write_text(folder / "case.json", json.dumps(info))
         return CaseEntry(folder, info)

@@ -41,6 +41,9 @@ class Sample:
 
     image: float32 array (C, *spatial), raw intensities (normalisation is the pipeline's job).
     label: integer array (*spatial): instance ids (0 = background) or class indices; None if unlabelled.
+    ignore: bool array (*spatial) or None: pixels whose truth is unknown (objects the annotators skipped, nnU-Net's
+        "ignore label"); losses leave them out. ``meta["partial"]``: the label annotates only some objects, so
+        only metrics valid on partial references (CTC SEG) are computed; an ignore region implies it.
     """
 
     id: str
@@ -48,6 +51,11 @@ class Sample:
     label: np.ndarray | None
     spacing: tuple[float, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    ignore: np.ndarray | None = None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.meta.get("partial")) or (self.ignore is not None and bool(self.ignore.any()))
 
     @property
     def ndim(self) -> int:

@@ -158,7 +158,8 @@ class FitContext:
             label = case.array("label", mmap=False)
             pred = self.method.predict(case.array("image", mmap=False), self.cfg.train.patch_size,
                                        self.cfg.eval.tile_overlap, meta={"spacing": case.spacing, "id": case.id})
-            for r in evaluate_image(pred, label, metric_context(self.cfg, case.spacing), self.cfg.eval.metrics):
+            for r in evaluate_image(pred, label, metric_context(self.cfg, case.spacing, case.partial),
+                                    self.cfg.eval.metrics):
                 rows.append({"image": case.id, **r})
         return summarize(pd.DataFrame(rows))
 
@@ -216,6 +217,11 @@ class FitContext:
                                  f"the size divisor of {cfg.method.name}'s network(s) (e.g. "
                                  f"{[max(div, p // div * div) for p in tc.patch_size]})")
         ds = dataset if dataset is not None else self.patch_dataset(tc=tc)
+        if getattr(ds, "with_ignore", False) and not method.handles_ignore:
+            raise ValueError(f"dataset {cfg.dataset.name!r} marks ignore regions (unannotated objects), but "
+                             f"{type(method).__name__}.loss does not read batch['ignore']: it would learn them as "
+                             "background. Set handles_ignore = True once the loss masks them (bench.method."
+                             "masked_mean), or turn the reader's ignore option off")
         steps_per_epoch = max(1, -(-len(ds) // tc.batch_size))
         method.configure_optimizers(tc, steps_per_epoch * tc.epochs)
 
@@ -281,7 +287,9 @@ class FitContext:
             row["lr"] = next(iter(method.optimizers.values())).param_groups[0]["lr"] if method.optimizers else None
             validated = bool(val_ids) and ((epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs)
             if validated:
+                t_val = time.time()
                 row.update({f"val/{k}": v for k, v in self.score(val_ids).items()})
+                row["val_seconds"] = round(time.time() - t_val, 2)
             value = row.get(monitor if monitor.startswith("train/") else f"val/{monitor}")
             if value is None and validated and not monitor.startswith("train/"):
                 raise KeyError(f"train.monitor {monitor!r} is not a validation metric; have: "

@@ -69,6 +69,8 @@ class Method:
     requires_labels: ClassVar[bool] = True
     # validation summary key used to pick the best checkpoint when the config names none
     default_monitor: ClassVar[str | None] = None
+    # the loss reads batch["ignore"] (`known_weights`); the loop refuses data with ignore regions otherwise
+    handles_ignore: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel, dataset: "DatasetCard", device: "torch.device") -> None:
         self.params = params
@@ -345,6 +347,27 @@ def to_float32(x):
     if hasattr(x, "is_floating_point") and x.is_floating_point():
         return x.float()
     return x
+
+
+def known_weights(batch: dict[str, Any], like: "torch.Tensor") -> "torch.Tensor | None":
+    """Per-pixel loss weights (B, 1, *spatial): 0 in the batch's ignore region, 1 elsewhere; None without one.
+
+    Losses multiply their per-pixel terms by it (`masked_mean`), so an unannotated object contributes no
+    gradient instead of being taught as background (nnU-Net's ignore label).
+    """
+    ign = batch.get("ignore")
+    if ign is None:
+        return None
+    w = (~ign.bool()).to(like.dtype)
+    return w.reshape(w.shape[0], 1, *w.shape[1:])
+
+
+def masked_mean(values: "torch.Tensor", weights: "torch.Tensor | None") -> "torch.Tensor":
+    """Mean of per-pixel values (B, C, *spatial) over the known pixels (all when weights is None)."""
+    if weights is None:
+        return values.mean()
+    w = weights.expand_as(values)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
 
 
 def batch_meta(batch: dict[str, Any]) -> dict[str, Any]:

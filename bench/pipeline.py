@@ -68,7 +68,9 @@ class PatchDataset:
     dataloader workers. Cases are `bench.cache.CaseEntry` folders read memory-mapped one crop at a time, so
     memory does not grow with the number of cases. With ``foreground_fraction`` f, a share f of the patches is
     centred (with jitter) on a foreground voxel of the label (nnU-Net's oversampling for sparse targets).
-    Each item carries the case's ``spacing`` and ``id`` next to the arrays.
+    Each item carries the case's ``spacing`` and ``id`` next to the arrays. When any case has an ignore region
+    (`bench.data.Sample.ignore`), every item carries ``ignore`` (bool, zeros for fully annotated cases), cropped and
+    augmented with the targets, for the loss to leave out.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class PatchDataset:
         self.n_items, self.augment_cfg, self.ndim, self.seed = n_items, augment_cfg, ndim, seed
         self.foreground_fraction = float(foreground_fraction)
         self.keys = keys
+        self.with_ignore = any("ignore" in c.keys for c in cases)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -123,6 +126,10 @@ class PatchDataset:
         for k in ["image"] + list(self.keys if self.keys is not None else case.info.get("targets", [])):
             a = case.array(k)
             arrays[k] = _pad_to(np.array(a[(..., *sl)]), self.patch, self.ndim)  # copy the crop, drop the map
+        if self.with_ignore:
+            crop = np.array(case.array("ignore")[sl]) if "ignore" in case.keys else np.zeros(
+                tuple(min(p, s - a) for p, s, a in zip(self.patch, case.shape, o)), bool)
+            arrays["ignore"] = _pad_to(crop, self.patch, self.ndim)
         augment(arrays, rng, self.augment_cfg, self.ndim)
         out = {k: torch.from_numpy(v) for k, v in arrays.items()}
         out["spacing"] = torch.tensor(case.spacing, dtype=torch.float32)

@@ -155,7 +155,8 @@ def monitor_mode(cfg: RunConfig) -> str:
     return "max" if higher_is_better(name) else "min"
 
 
-def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None):
+def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None, partial: bool = False):
+    """Metric settings of a run; ``partial``: the image's reference annotates only some objects."""
     from .metrics import MetricContext
 
     return MetricContext(
@@ -164,6 +165,7 @@ def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None):
         num_classes=cfg.dataset.num_classes,
         class_names=list(cfg.dataset.classes),
         boundary_tolerance=cfg.eval.boundary_tolerance,
+        partial=partial,
     )
 
 
@@ -352,6 +354,7 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         load_checkpoint(method, run_dir, cfg.eval.checkpoint)
     rows = []
     t_pred = 0.0
+    n_partial = 0
     for k, sid in enumerate(progress_bar(ids, progress, f"evaluating {split}")):
         s = reader.load(sid)
         if s.label is None:
@@ -366,7 +369,8 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
             write_label(files.predictions(split) / f"{sid}.tif", pred)
         if k < cfg.eval.overlays:
             overlay_png(files.overlays(split) / f"{sid}.png", s.image, pred, s.label)
-        for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing), cfg.eval.metrics):
+        n_partial += s.partial
+        for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing, s.partial), cfg.eval.metrics):
             rows.append({"image": sid, **r})
     table = pd.DataFrame(rows, columns=["image", "metric", "class", "value", "flag"])
     files.table(split).parent.mkdir(parents=True, exist_ok=True)
@@ -382,6 +386,8 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         "git_commit": env.get("git_commit"), "hardware": hardware_summary(env) if env else None,
         "task": cfg.dataset.task, "created": time.time(), **provenance(method, cfg),
     }
+    if n_partial:  # instance metrics rest on the fully annotated images only
+        summary["n_partial_images"] = n_partial
     if cfg.train.fraction < 1:
         summary["train_fraction"] = cfg.train.fraction
     _write_json(files.summary(split), summary)

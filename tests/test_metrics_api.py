@@ -58,7 +58,7 @@ def test_instance_row_names():
         + [f"f1@{t:.2f}" for t in THRESHOLDS]
         + [f"precision@{t:.2f}" for t in THRESHOLDS]
         + [f"recall@{t:.2f}" for t in THRESHOLDS]
-        + ["pq", "sq", "rq"]
+        + ["pq", "sq", "rq", "seg", "seg_jsum", "seg_nref"]
     )
     assert names[: len(expected)] == expected
     counts = {f"{c}@{t:.2f}" for c in ("tp", "fp", "fn", "sum_iou") for t in THRESHOLDS} | {"n_true", "n_pred"}

@@ -15,8 +15,13 @@ annotations of 3D frames, read page by page so a slice does not load the whole f
 (``man_segTTT.tif`` of a 3D frame) are used.
 
 Params: ``sequences`` (default both), ``use_silver_truth``: add frames that have only a silver-truth mask (gold
-truth is used wherever it exists; ``silver_only: true`` uses ST masks everywhere). Gold SEG masks of some
-datasets annotate only part of the cells of a frame: instance scores there undercount true positives.
+truth is used wherever it exists; ``silver_only: true`` uses ST masks everywhere). Gold SEG masks of most
+datasets annotate only part of the cells of a frame. Where the tracking markers (``0X_GT/TRA``) show every
+nucleus, a frame whose SEG mask misses one is marked partial (``meta["partial"]``: only the SEG measure is scored
+there, instance metrics use the complete frames); ``complete_frames_only`` drops such frames, and
+``ignore_unannotated`` keeps them with the missed nuclei (their markers dilated by ``ignore_margin`` pixels, minus
+the annotated objects) as an ignore region that losses leave out, so a partial frame does not teach that nuclei
+are background.
 
 Splits: none official (test-set ground truth is withheld by the challenge); ``test_sequences: ["02"]`` makes
 an explicit split by sequence, else the core splits frames at random (seeded; frames of one sequence are
@@ -29,7 +34,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import DataError, DatasetReader, Sample
 from ..registry import register_dataset
@@ -47,6 +52,10 @@ class CTCParams(BaseModel):
     # keep only frames whose gold SEG mask covers every tracked object (each TRA marker at least half inside
     # the SEG foreground); reads the TRA and SEG masks of every frame once when listing
     complete_frames_only: bool = False
+    # partial frames: the TRA markers of nuclei the SEG mask misses, dilated, become an ignore region
+    ignore_unannotated: bool = False
+    # markers are smaller than their nuclei (GOWT1: ~1,650 px markers, ~2,900 px nuclei): grow them this much
+    ignore_margin: int = Field(12, ge=0)
 
 
 @register_dataset("ctc", description="Cell Tracking Challenge (01/t000.tif, 01_GT/SEG/man_seg000.tif, ST)")
@@ -106,21 +115,15 @@ class CTC(DatasetReader):
 
     def is_complete(self, sample_id: str) -> bool:
         """True when the frame's SEG mask covers every nucleus its TRA markers show (>= half of each marker)."""
-        import numpy as np
-
-        if sample_id in self._complete:
-            return self._complete[sample_id]
-        tra_path = self._tra_file(sample_id)
-        if tra_path is None:
-            raise DataError(f"ctc: complete_frames_only needs the tracking markers of {sample_id}: expected "
-                            f"{self.root / (sample_id.split('_')[0] + '_GT') / 'TRA'}/man_trackTTT.tif")
-        tra = read_array(tra_path, "tracking markers")
-        seg = read_array(self._index[sample_id][1], "label")
-        ids, counts = np.unique(tra[tra > 0], return_counts=True)
-        inside = np.bincount(tra[(tra > 0) & (seg > 0)].ravel(), minlength=int(ids.max(initial=0)) + 1)
-        ok = bool(np.all(inside[ids] * 2 >= counts)) if len(ids) else bool(seg.any())
-        self._complete[sample_id] = ok
-        return ok
+        if sample_id not in self._complete:
+            tra_path = self._tra_file(sample_id)
+            if tra_path is None:
+                raise DataError(f"ctc: complete_frames_only needs the tracking markers of {sample_id}: expected "
+                                f"{self.root / (sample_id.split('_')[0] + '_GT') / 'TRA'}/man_trackTTT.tif")
+            tra = read_array(tra_path, "tracking markers")
+            seg = read_array(self._index[sample_id][1], "label")
+            self._complete[sample_id] = not len(missed_markers(tra, seg)) and (bool(tra.any()) or bool(seg.any()))
+        return self._complete[sample_id]
 
     @cached_property
     def _complete(self) -> dict[str, bool]:
@@ -159,6 +162,39 @@ class CTC(DatasetReader):
         spatial = raw.shape[: lab.ndim] if raw.ndim > lab.ndim and raw.shape[-1] in (3, 4) else raw.shape
         label = to_label(lab, seg, shape=tuple(spatial), image_path=frame)
         image = to_image(raw, frame, self.card.ndim, self.card.channels)
-        return Sample(sample_id, image, label, card_spacing(self.card, self.card.ndim),
-                      {"image_path": str(frame), "label_path": str(seg), "dtype": str(raw.dtype),
-                       "truth": seg.parent.parent.name.split("_")[-1]})
+        meta = {"image_path": str(frame), "label_path": str(seg), "dtype": str(raw.dtype),
+                "truth": seg.parent.parent.name.split("_")[-1]}
+        ignore = None
+        tra_path = self._tra_file(sample_id) if z is None and meta["truth"] == "GT" else None
+        if tra_path is not None:
+            tra = read_array(tra_path, "tracking markers")
+            if tra.shape != label.shape:
+                raise DataError(f"ctc: tracking markers {tra_path} have shape {tra.shape}, the mask {seg} "
+                                f"{label.shape}")
+            missed = missed_markers(tra, label)
+            self._complete[sample_id] = not len(missed) and (bool(tra.any()) or bool(label.any()))
+            meta["tra_path"] = str(tra_path)
+            meta["partial"] = bool(len(missed))
+            if len(missed) and self.params.ignore_unannotated:
+                ignore = ignore_region(tra, missed, label, self.params.ignore_margin)
+        return Sample(sample_id, image, label, card_spacing(self.card, self.card.ndim), meta, ignore)
+
+
+def missed_markers(tra, seg):
+    """Ids of the tracking markers that the SEG mask does not cover (less than half of the marker inside)."""
+    import numpy as np
+
+    ids, counts = np.unique(tra[tra > 0], return_counts=True)
+    inside = np.bincount(tra[(tra > 0) & (seg > 0)].ravel(), minlength=int(ids.max(initial=0)) + 1)
+    return ids[inside[ids] * 2 < counts]
+
+
+def ignore_region(tra, missed, seg, margin: int):
+    """The missed nuclei's markers grown by `margin` pixels (Euclidean), outside the annotated objects."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    marks = np.isin(tra, missed)
+    if margin:
+        marks = ndi.distance_transform_edt(~marks) <= margin
+    return marks & (seg == 0)

@@ -38,6 +38,7 @@ class FieldParams(BaseModel):
 class FieldRegression(Method):
     Params = FieldParams
     default_monitor = "f1@0.50"
+    handles_ignore = True
 
     def build(self) -> None:
         if self.dataset.task != "instance":
@@ -63,9 +64,11 @@ class FieldRegression(Method):
     def loss(self, outputs, batch):
         import torch.nn.functional as F
 
+        from ..method import known_weights, masked_mean
+
         target = batch["field"].to(outputs.dtype)
         fn = {"l1": F.l1_loss, "l2": F.mse_loss, "smooth_l1": F.smooth_l1_loss}[self.params.loss]
-        value = fn(outputs, target)
+        value = masked_mean(fn(outputs, target, reduction="none"), known_weights(batch, outputs))
         return {"loss": value, self.params.loss: value}
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:

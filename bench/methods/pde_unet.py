@@ -43,6 +43,7 @@ class PDEUNetParams(BaseModel):
 class PDEUNet(Method):
     Params = PDEUNetParams
     default_monitor = "dice"
+    handles_ignore = True
 
     def build(self) -> None:
         if self.dataset.num_classes != 2:
@@ -68,12 +69,16 @@ class PDEUNet(Method):
     def loss(self, outputs, batch):
         import torch.nn.functional as F
 
+        from ..method import known_weights, masked_mean
+
         p = self.params
         y = batch["fg"].float()
         u = outputs.sigmoid()
+        w = known_weights(batch, outputs)  # the data terms skip the ignore region; the physics terms need none
+        uw, yw = (u, y) if w is None else (u * w, y * w)
         dims = tuple(range(1, u.ndim))
-        dice = 1 - ((2 * (u * y).sum(dims) + 1) / (u.sum(dims) + y.sum(dims) + 1)).mean()
-        bce = F.binary_cross_entropy_with_logits(outputs, y)
+        dice = 1 - ((2 * (uw * yw).sum(dims) + 1) / (uw.sum(dims) + yw.sum(dims) + 1)).mean()
+        bce = masked_mean(F.binary_cross_entropy_with_logits(outputs, y, reduction="none"), w)
         data = p.dice_weight * dice + p.bce_weight * bce
         terms = {"dice": dice, "bce": bce, "data": data}
         loss = data

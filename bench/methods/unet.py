@@ -52,6 +52,7 @@ def three_class_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
 @register_method("unet", description="plain UNet: semantic classes, or 3-class (interior/boundary) instances")
 class UNet(Method):
     Params = UNetParams
+    handles_ignore = True
 
     @property
     def n_out(self) -> int:
@@ -69,13 +70,18 @@ class UNet(Method):
     def loss(self, outputs, batch):
         import torch.nn.functional as F
 
+        from ..method import known_weights, masked_mean
+
         target = batch["target"].long()
-        ce = F.cross_entropy(outputs, target)
+        w = known_weights(batch, outputs)  # ignore region: no CE, outside both Dice sums
+        ce = masked_mean(F.cross_entropy(outputs, target, reduction="none")[:, None], w)
         terms = {"ce": ce}
         loss = ce
         if self.params.dice_weight:
             prob = outputs.float().softmax(1)
             onehot = F.one_hot(target, self.n_out).movedim(-1, 1).float()
+            if w is not None:
+                prob, onehot = prob * w, onehot * w
             dims = tuple(range(2, outputs.ndim))
             inter = (prob * onehot).sum(dims)
             denom = prob.sum(dims) + onehot.sum(dims)

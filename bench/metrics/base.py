@@ -26,7 +26,7 @@ PQ_THRESHOLD = 0.5
 MATCHING_FAMILIES = ("ap", "map", "f1", "precision", "recall", "pq", "sq", "rq")
 COUNT_FAMILIES = ("tp", "fp", "fn", "sum_iou")
 # order in which evaluate_image runs the built-in metrics (plugins follow, sorted by name)
-_BUILTIN_ORDER = ("dice", "iou", "hd95", "bf1", "ap", "map", "f1", "precision", "recall", "pq", "sq", "rq", "counts")
+_BUILTIN_ORDER = ("dice", "iou", "hd95", "bf1", "ap", "map", "f1", "precision", "recall", "pq", "sq", "rq", "seg", "counts")
 
 FLAG_BOTH_EMPTY = "both_empty"
 FLAG_EMPTY_PRED = "empty_pred"
@@ -54,6 +54,9 @@ class MetricContext:
     boundary_tolerance: boundary F1 tolerance; >= 1 (or 0) is in pixels, a value in (0, 1) is a fraction of the
         image diagonal, rounded up to whole pixels as DAVIS does.
     thresholds: IoU thresholds of the instance metrics.
+    partial: the reference annotates only some of the objects (sparse gold truth, an ignore region): only the
+        metrics registered with ``partial_annotation=True`` (CTC SEG) are computed, since unannotated objects
+        would count as false positives and as background.
     """
 
     task: Literal["instance", "semantic"] = "instance"
@@ -62,6 +65,7 @@ class MetricContext:
     class_names: list[str] | None = None
     boundary_tolerance: float = 2.0
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    partial: bool = False
     # per-image scratch space that evaluate_image sets so metrics can share work (the matching, the
     # confusion matrix); None outside evaluate_image, so a direct call never sees another image's data
     cache: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -221,6 +225,8 @@ def evaluate_image(
     ctx.spacing_for(pred.ndim)  # validates the number of axes
     run, keep = resolve_metrics(metrics, ctx.task)
     reg = _registry()
+    if ctx.partial:
+        run = [fam for fam in run if reg.entry(fam).extra.get("partial_annotation", False)]
     run_ctx = dataclasses.replace(ctx)
     run_ctx.cache = {}
     rows: list[dict] = []
@@ -301,6 +307,12 @@ def summarize(table: "pd.DataFrame") -> dict[str, float]:
             for fam in ("pq", "sq", "rq"):
                 if fam in present:
                     out[f"{fam}_pooled"] = s[fam]
+    reg = _registry()
+    totals = plain.groupby("metric")["value"].sum()
+    for fam in reg.names():  # registered ratios of summed rows: CTC SEG over all reference objects
+        for name, (num, den) in reg.entry(fam).extra.get("pooled", {}).items():
+            if name in present and totals.get(den, 0) > 0:
+                out[f"{name}_pooled"] = float(totals.get(num, 0.0) / totals[den])
     if "map" in present and pooled_ap:
         ap_ts = [m.split("@", 1)[1] for m in present if m.startswith("ap@")]
         use = [t for t in ap_ts if t in pooled_ap] or list(pooled_ap)

@@ -15,7 +15,7 @@ from bench.metrics.base import (
     cached,
     fmt_threshold,
 )
-from bench.metrics.matching import MatchCounts, match_instances
+from bench.metrics.matching import MatchCounts, Overlaps, match_instances, overlaps
 from bench.registry import register_metric
 
 _INSTANCE = ("instance",)
@@ -29,11 +29,16 @@ def count_thresholds(ctx: MetricContext) -> tuple[float, ...]:
     return ts
 
 
+def image_overlaps(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> Overlaps:
+    """The sparse overlap table of the image, computed once per evaluate_image call."""
+    return cached(ctx, "overlaps", lambda: overlaps(pred, gt))
+
+
 def image_matching(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> tuple[dict[str, MatchCounts], str]:
     """Matching at every count threshold (keyed by the formatted threshold) and the image's emptiness flag."""
 
     def compute():
-        ms = match_instances(pred, gt, count_thresholds(ctx))
+        ms = match_instances(pred, gt, count_thresholds(ctx), ov=image_overlaps(pred, gt, ctx))
         m0 = ms[0]
         if m0.n_true == 0 and m0.n_pred == 0:
             flag = FLAG_BOTH_EMPTY
@@ -150,3 +155,32 @@ def counts_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[
     m = next(iter(ms.values()))
     out += [MetricValue("n_true", m.n_true, "", flag), MetricValue("n_pred", m.n_pred, "", flag)]
     return out
+
+
+def seg_jaccards(ov: Overlaps) -> np.ndarray:
+    """CTC SEG per reference object: the Jaccard index with the predicted object that covers more than half of
+    it (|R & S| > 0.5 |R|; at most one such S exists), 0 when there is none."""
+    j = np.zeros(ov.n_true)
+    hit = ov.inter * 2 > ov.gt_area[ov.pair_gt]
+    j[ov.pair_gt[hit]] = ov.iou[hit]
+    return j
+
+
+@register_metric(
+    "seg",
+    description="Cell Tracking Challenge SEG: per reference object the Jaccard index with the predicted object "
+                "covering > 50% of it (0 if none), mean over the reference objects; seg_pooled over all objects "
+                "of all images (the challenge's score). Valid on partially annotated references",
+    task=_INSTANCE,
+    outputs=("seg", "seg_jsum", "seg_nref"),
+    headline=("seg",),
+    partial_annotation=True,
+    pooled={"seg": ("seg_jsum", "seg_nref")},
+)
+def seg_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
+    """No reference object: no 'seg' row (a mean over no objects), only seg_nref = 0 for the pooled score."""
+    j = seg_jaccards(image_overlaps(pred, gt, ctx))
+    rows = [MetricValue("seg_jsum", float(j.sum())), MetricValue("seg_nref", float(len(j)))]
+    if len(j):
+        rows.insert(0, MetricValue("seg", float(j.mean())))
+    return rows
