@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import FinishedRun, bootstrap_ci, finished_runs, holm, image_set_hash, per_image_values
+from .results import FinishedRun, bootstrap_ci, convergence, finished_runs, holm, image_set_hash, per_image_values
 
 log = logging.getLogger(__name__)
 METRICS_DOC = "docs/metrics.md"
@@ -54,6 +54,12 @@ class Row:
     image_set: str = ""  # hash of the test image ids the row was scored on
     comparable: bool = True  # False: scored on another image set than the reference rows; never ranked
     partial: list[str] = field(default_factory=list)  # why the runs are smoke-sized (a subset of the budget)
+    curves: list = field(default_factory=list)  # bench.results.Convergence per trained seed (empty: training-free)
+
+    @property
+    def under_trained(self) -> bool:
+        """Some seed's validation curve was still rising at the end of its budget (computed from its history)."""
+        return any(c.rising for c in self.curves)
 
 
 def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None = None,
@@ -100,10 +106,14 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
         if partial:
             log.warning("leaderboard %s: %r comes from smoke-sized runs (%s): not a published result",
                         dataset, label, "; ".join(partial))
+        curves = [c for c in (convergence(r.run_dir) for r in rs) if c is not None]
+        if any(c.rising for c in curves):
+            log.warning("leaderboard %s: %r is under-trained: its validation %s was still rising at the end of "
+                        "the budget", dataset, label, curves[0].monitor)
         # seeds on different image sets: the row mixes sets, and is never ranked
         rows.append(Row(label, cells, len(images), len(rs), prov,
                         image_set=next(iter(sets)) if len(sets) == 1 else "mixed:" + image_set_hash(sorted(sets)),
-                        partial=partial))
+                        partial=partial, curves=curves))
     mark_comparable(rows, dataset)
     return rows, metrics, task
 
@@ -200,7 +210,8 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
         for r in rows:
             kind = "reported" if r.reported else "measured" if r.comparable else "measured_other_images"
             rec = {"method": r.label, "kind": kind, "n_images": r.n_images, "n_seeds": r.n_seeds,
-                   "image_set": r.image_set}
+                   "image_set": r.image_set, "under_trained": r.under_trained,
+                   "budget_steps": r.curves[0].budget["steps"] if r.curves else None}
             for m in metrics:
                 c = r.cells.get(m)
                 rec.update({m: c.mean if c else None, f"{m}_ci_low": c.ci[0] if c else None,
@@ -226,7 +237,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             for m in metrics:
                 main, rest = _fmt(r.cells.get(m))
                 cells.append((f"**{main}**" if r.label in best[m] else main) + (f" {rest}" if rest else ""))
-            flag = " (smoke run)" if r.partial else ""
+            flag = (" (smoke run)" if r.partial else "") + (" (under-trained)" if r.under_trained else "")
             lines.append(f"| {r.label}{flag} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
         smoke = [r for r in measured + apart if r.partial]
         if smoke:
@@ -246,6 +257,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             for r in reported:
                 lines.append(f"| {r.label} (reported) | " + " | ".join(_fmt(r.cells.get(m))[0] for m in metrics)
                              + f" | {r.citation} |")
+        lines += budget_section(measured + apart, dataset)
         lines += ["", "## Provenance", ""]
         for r in measured + apart:
             p = r.provenance
@@ -266,7 +278,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                 main = f"<b>{main}</b>" if (not r.reported and r.label in best[m]) else main
                 tds.append(f"<td>{main}<br><small>{rest}</small></td>")
             name = escape(r.label + (" (reported)" if r.reported else "" if r.comparable else " (other test images)")
-                          + (" (smoke run)" if r.partial else ""))
+                          + (" (smoke run)" if r.partial else "") + (" (under-trained)" if r.under_trained else ""))
             body.append(f"<tr><td>{name}</td>{''.join(tds)}<td>{r.n_images}</td><td>{r.n_seeds}</td></tr>")
         note_html = f"<p>{escape(note)}</p>" if note else ""
         return (f"<html><head><meta charset='utf-8'></head><body><h1>Leaderboard: {escape(dataset)}</h1>"
@@ -289,13 +301,71 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                 v = f"{c.mean:.3f}"
                 cells.append((rf"\textbf{{{v}}}" if (not r.reported and r.label in best[m]) else v)
                              + ("" if r.reported else rf" \scriptsize{{[{c.ci[0]:.3f}, {c.ci[1]:.3f}]}}"))
-            name = r.label.replace("_", r"\_") + (r"$^\dagger$" if r.reported else "")
+            name = r.label.replace("_", r"\_") + (r"$^\dagger$" if r.reported else "") + (
+                r"$^\ast$" if r.under_trained else "")
             lines.append(f"{name} & " + " & ".join(cells) + f" & {r.n_images} & {r.n_seeds} " + r"\\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         if reported:
             lines.append(r"% \dagger: reported by the cited papers, not measured here")
+        if any(r.under_trained for r in measured):
+            lines.append(r"% \ast: under-trained, the validation curve was still rising at the end of the budget")
         return "\n".join(lines) + "\n"
     raise ValueError(f"unknown format {fmt!r}: choose md, csv, html, tex")
+
+
+def budget_section(rows: list[Row], dataset: str) -> list[str]:
+    """The budget of every trained row and its convergence verdict, computed from the runs' histories."""
+    from .results import RISING_TAIL, RISING_TOL
+
+    trained = [r for r in rows if r.curves]
+    if not trained:
+        return []
+    lines = ["", "## Budget and convergence", "",
+             f"Validation curves of every trained row: [{dataset}_curves.png]({dataset}_curves.png). A row is marked "
+             f"under-trained when, for some seed, the best validation score in the last {RISING_TAIL:.0%} of its "
+             f"budget beats the best before it by more than {RISING_TOL:.0%} (relative), i.e. its curve had not "
+             "flattened.", "",
+             "| method | budget (steps x batch x crop) | pixels seen | monitor | last-quarter gain per seed | verdict |",
+             "|---|---|---|---|---|---|"]
+    budgets = set()
+    for r in trained:
+        b = r.curves[0].budget
+        budgets.add((b["steps"], b["batch_size"], tuple(b["patch_size"])))
+        gains = ", ".join("n/a" if c.gain is None else f"{c.gain:+.1%}" for c in r.curves)
+        verdict = "under-trained" if r.under_trained else (
+            "flattened" if all(c.gain is not None for c in r.curves) else "not judged (too few validations)")
+        lines.append(f"| {r.label} | {b['steps']} x {b['batch_size']} x {'x'.join(map(str, b['patch_size']))} | "
+                     f"{b['pixels'] / 1e6:.0f} M | {r.curves[0].monitor} | {gains} | {verdict} |")
+    untrained = [r.label for r in rows if not r.curves]
+    lines += ["", ("Every trained row had the same budget." if len(budgets) == 1 else
+                   "**Warning:** the trained rows had different budgets.")
+              + (f" Training-free: {', '.join(untrained)}." if untrained else "")]
+    return lines
+
+
+def curves_figure(rows: list[Row], dataset: str, out_dir: Path) -> Path | None:
+    """Validation curve (monitor against optimiser steps) of every seed of every trained row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = [r for r in rows if r.curves and not r.reported]
+    if not trained:
+        return None
+    fig, axes = plt.subplots(1, len(trained), figsize=(3.4 * len(trained), 3.0), squeeze=False, sharex=True)
+    for ax, r in zip(axes[0], trained):
+        for k, c in enumerate(r.curves):
+            ax.plot(c.steps, c.values, marker=".", lw=1, label=f"seed {k}" if len(r.curves) > 1 else None)
+        ax.set_title(r.label + (" (under-trained)" if r.under_trained else ""), fontsize=9)
+        ax.set_xlabel("optimiser steps")
+        ax.set_ylabel(f"val {r.curves[0].monitor}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out_dir / f"{dataset}_curves.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
 
 
 def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, output_root: str | Path) -> list[Path]:
@@ -357,8 +427,9 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
         p = out_dir / f"{dataset}.{fmt}"
         p.write_text(render(rows, metrics, dataset, fmt, command, task, note))
         written[fmt] = p
-    for f in figures(rows, metrics, dataset, out_dir, output_root):
-        written[f.stem] = f
+    for f in figures(rows, metrics, dataset, out_dir, output_root) + [curves_figure(rows, dataset, out_dir)]:
+        if f is not None:
+            written[f.stem] = f
     (out_dir / f"{dataset}.provenance.json").write_text(json.dumps(
         {r.label: r.provenance for r in rows if not r.reported}, indent=1))
     if log_mlflow:

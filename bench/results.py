@@ -44,6 +44,67 @@ class FinishedRun:
                            dtype={"image": str, "class": str, "flag": str})
 
 
+# budget policy of published tables: a row is under-trained when the best validation score of the last quarter of
+# its budget beats the best before it by more than 1% (relative): its curve has not flattened
+RISING_TAIL = 0.25
+RISING_TOL = 0.01
+
+
+@dataclass
+class Convergence:
+    """A run's validation curve of its monitor and whether it was still rising at the end of the budget."""
+
+    monitor: str
+    mode: str  # "max" or "min"
+    steps: list[int]  # optimiser steps at each validation
+    values: list[float]
+    budget: dict  # epochs, steps_per_epoch, batch_size, patch_size, steps, pixels (seen in training)
+    gain: float | None  # relative improvement of the last quarter's best over the best before it
+    rising: bool
+
+    @property
+    def verdict(self) -> str:
+        if self.gain is None:
+            return "too few validations to judge"
+        return "under-trained (still rising)" if self.rising else "flattened"
+
+
+def convergence(run_dir: str | Path, tail: float = RISING_TAIL, tol: float = RISING_TOL) -> Convergence | None:
+    """The run's convergence from its history.csv (None for a training-free method or a run without one)."""
+    import pandas as pd
+
+    from .runfiles import RunFiles
+    from .runner import load_run_config, monitor_mode, monitor_name
+
+    files = RunFiles(run_dir)
+    if not files.history().exists():
+        return None
+    cfg = load_run_config(run_dir)
+    hist = pd.read_csv(files.history())
+    if "stage" in hist:  # staged methods: the final loop is what evaluation reads
+        hist = hist[hist["stage"].isna()]
+    tc = cfg.train
+    spe = tc.steps_per_epoch or int(hist.get("steps", pd.Series([0])).max() or 0) or 1
+    monitor, mode = monitor_name(cfg), monitor_mode(cfg)
+    col = f"val/{monitor}"
+    val = hist[["epoch", col]].dropna() if col in hist else hist.iloc[0:0]
+    steps = [int(e) * spe for e in val["epoch"]]
+    values = [float(v) for v in val[col]] if len(val) else []
+    n_steps = int(hist["epoch"].max()) * spe if len(hist) else 0
+    budget = {"epochs": int(hist["epoch"].max()) if len(hist) else 0, "steps_per_epoch": spe,
+              "batch_size": tc.batch_size, "patch_size": list(tc.patch_size), "steps": n_steps,
+              "pixels": n_steps * tc.batch_size * int(np.prod(tc.patch_size))}
+    cut = n_steps * (1 - tail)
+    before = [v for s, v in zip(steps, values) if s <= cut]
+    last = [v for s, v in zip(steps, values) if s > cut]
+    gain = None
+    if before and last:
+        sign = 1.0 if mode == "max" else -1.0
+        b0, b1 = (max(before), max(last)) if mode == "max" else (min(before), min(last))
+        gain = sign * (b1 - b0) / max(abs(b0), 1e-12)
+    return Convergence(monitor, mode, steps, values, budget, gain, bool(gain is not None and gain > tol))
+
+
 def finished_runs(output_root: str | Path, dataset: str, split: str = "test") -> list[FinishedRun]:
     """Every finished run of a dataset under the output root (runs/<dataset>/<label>/seed<N>)."""
     from .runfiles import RunFiles

@@ -144,15 +144,19 @@ def method_availability(cfg: RunConfig) -> str:
     return cls.availability(params) or "ok"
 
 
+def monitor_name(cfg: RunConfig) -> str:
+    """The validation summary key a run keeps its best checkpoint on (as `Method.monitor` resolves it)."""
+    cls = METHODS.get(cfg.method.impl)
+    return cfg.train.monitor or cls.default_monitor or ("f1@0.50" if cfg.dataset.task == "instance" else "dice")
+
+
 def monitor_mode(cfg: RunConfig) -> str:
     """'max' or 'min' for the validation monitor: the config's, else the monitored metric's registered direction."""
     if cfg.train.monitor_mode:
         return cfg.train.monitor_mode
     from .metrics import higher_is_better
 
-    cls = METHODS.get(cfg.method.impl)
-    name = cfg.train.monitor or cls.default_monitor or ("f1@0.50" if cfg.dataset.task == "instance" else "dice")
-    return "max" if higher_is_better(name) else "min"
+    return "max" if higher_is_better(monitor_name(cfg)) else "min"
 
 
 def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None, partial: bool = False):

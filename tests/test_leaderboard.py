@@ -133,7 +133,7 @@ def test_metric_direction_and_headline_come_from_the_registry():
     from bench.metrics import higher_is_better
 
     assert default_metrics("semantic") == ["dice", "iou", "hd95", "bf1"]
-    assert default_metrics("instance") == ["ap@0.50", "map", "f1@0.50", "pq", "sq", "rq"]
+    assert default_metrics("instance") == ["ap@0.50", "map", "f1@0.50", "pq", "sq", "rq", "seg"]
     assert not higher_is_better("hd95/enhancing_tumour") and higher_is_better("f1@0.50_pooled")
     assert not higher_is_better("train/loss") and higher_is_better("dice")
 
