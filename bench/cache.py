@@ -205,7 +205,7 @@ class SampleCache:
                 raise ValueError(f"make_targets returned the reserved name {k!r} (image, label, ignore and names "
                                  "starting with '_' belong to the cache)")
             arrays[k] = np.ascontiguousarray(v)
-        if sample.label is not None and getattr(sample, "ignore", None) is not None and sample.ignore.any():
+        if sample.label is not None and sample.ignore is not None and sample.ignore.any():
             arrays["ignore"] = np.ascontiguousarray(sample.ignore, dtype=bool)
         spatial = arrays["image"].shape[1:]
         for k, v in arrays.items():
@@ -221,7 +221,7 @@ class SampleCache:
             atomic_save_npy(folder / "_fg_locations.npy", fg.astype(np.int64))
         info = {"id": sample.id, "shape": list(spatial), "spacing": [float(s) for s in sample.spacing],
                 "arrays": list(arrays), "has_label": sample.label is not None, "targets": list(targets),
-                "with_targets": bool(with_targets), "partial": bool(getattr(sample, "partial", False)),
+                "with_targets": bool(with_targets), "partial": sample.partial,
                 "fingerprint": _fingerprint(sample.meta or {})}
         atomic_write_text(folder / "case.json", json.dumps(info))
         return CaseEntry(folder, info)

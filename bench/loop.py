@@ -280,7 +280,7 @@ class FitContext:
                 n += 1
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
-            row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2)}
+            row: dict[str, Any] = {"epoch": epoch + 1, "steps": n, "seconds": round(time.time() - t0, 2)}
             if stage:
                 row["stage"] = stage
             row.update({f"train/{k}": v / max(n, 1) for k, v in sums.items()})
@@ -312,7 +312,7 @@ class FitContext:
             pd.DataFrame(state["history"]).to_csv(history_path, index=False)
             prefix = f"{stage}/" if stage else ""
             self.tracker.log_metrics({f"{prefix}{k}": v for k, v in row.items()
-                                      if k not in ("epoch", "stage") and v is not None}, step=epoch + 1)
+                                      if k not in ("epoch", "steps", "stage") and v is not None}, step=epoch + 1)
             shown = {k: round(v, 4) for k, v in row.items()
                      if (k.startswith("train/") or k in (f"val/{monitor}", "seconds")) and v is not None}
             log.info("%sepoch %d/%d: %s", label, epoch + 1, tc.epochs, shown)

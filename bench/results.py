@@ -58,15 +58,9 @@ class Convergence:
     mode: str  # "max" or "min"
     steps: list[int]  # optimiser steps at each validation
     values: list[float]
-    budget: dict  # epochs, steps_per_epoch, batch_size, patch_size, steps, pixels (seen in training)
+    budget: dict  # epochs, batch_size, patch_size, steps, pixels (seen in training)
     gain: float | None  # relative improvement of the last quarter's best over the best before it
     rising: bool
-
-    @property
-    def verdict(self) -> str:
-        if self.gain is None:
-            return "too few validations to judge"
-        return "under-trained (still rising)" if self.rising else "flattened"
 
 
 def convergence(run_dir: str | Path, tail: float = RISING_TAIL, tol: float = RISING_TOL) -> Convergence | None:
@@ -84,14 +78,16 @@ def convergence(run_dir: str | Path, tail: float = RISING_TAIL, tol: float = RIS
     if "stage" in hist:  # staged methods: the final loop is what evaluation reads
         hist = hist[hist["stage"].isna()]
     tc = cfg.train
-    spe = tc.steps_per_epoch or int(hist.get("steps", pd.Series([0])).max() or 0) or 1
+    # optimiser steps so far at each epoch (histories written before the loop recorded them: the config's)
+    per_epoch = hist["steps"] if "steps" in hist else pd.Series(tc.steps_per_epoch or 1, index=hist.index)
+    hist = hist.assign(_steps=per_epoch.cumsum())
     monitor, mode = monitor_name(cfg), monitor_mode(cfg)
     col = f"val/{monitor}"
-    val = hist[["epoch", col]].dropna() if col in hist else hist.iloc[0:0]
-    steps = [int(e) * spe for e in val["epoch"]]
+    val = hist[["_steps", col]].dropna() if col in hist else hist.iloc[0:0]
+    steps = [int(s) for s in val["_steps"]]
     values = [float(v) for v in val[col]] if len(val) else []
-    n_steps = int(hist["epoch"].max()) * spe if len(hist) else 0
-    budget = {"epochs": int(hist["epoch"].max()) if len(hist) else 0, "steps_per_epoch": spe,
+    n_steps = int(hist["_steps"].iloc[-1]) if len(hist) else 0
+    budget = {"epochs": int(hist["epoch"].max()) if len(hist) else 0,
               "batch_size": tc.batch_size, "patch_size": list(tc.patch_size), "steps": n_steps,
               "pixels": n_steps * tc.batch_size * int(np.prod(tc.patch_size))}
     cut = n_steps * (1 - tail)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 HERE = Path(__file__).resolve().parent
 RECIPES = {"before": HERE / "recipes" / "cpu_fields_2026_11.yaml", "now": HERE.parent / "configs" / "cpu_fields.yaml"}
@@ -70,10 +71,7 @@ def main(argv=None) -> int:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         summary = json.loads((run_dir / "summary.json").read_text())
-        cfg = (run_dir / "config.yaml").read_text()
-        import yaml
-
-        tc = yaml.safe_load(cfg)["train"]
+        tc = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
         hist = pd.read_csv(run_dir / "history.csv")
         res = time_to(hist, a.metric, a.threshold, tc["steps_per_epoch"])
         res.update(config=config, patch_size=tc["patch_size"], batch_size=tc["batch_size"],

@@ -16,6 +16,8 @@ class BlobParams(BaseModel):
     n: int = 12
     size: int = 64
     labelled: bool = True
+    # odd ids: the last disk is left out of the label and marked as an ignore region (a partial annotation)
+    ignore: bool = False
 
 
 class ToyBlobs(DatasetReader):
@@ -39,7 +41,11 @@ class ToyBlobs(DatasetReader):
             cy, cx, r = rng.integers(10, s - 10), rng.integers(10, s - 10), rng.integers(4, 9)
             lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
         img = (lab * 1.0 + rng.normal(0, 0.2, lab.shape)).astype(np.float32)[None]
-        return Sample(sid, img, lab if self.params.labelled else None, (1.0, 1.0), {})
+        ignore = None
+        if self.params.ignore and int(sid[1:]) % 2:
+            ignore = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+            lab = np.where(ignore, 0, lab).astype(np.int32)
+        return Sample(sid, img, lab if self.params.labelled else None, (1.0, 1.0), {}, ignore)
 
 
 def register_toy_dataset() -> None:

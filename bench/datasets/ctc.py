@@ -122,7 +122,7 @@ class CTC(DatasetReader):
                                 f"{self.root / (sample_id.split('_')[0] + '_GT') / 'TRA'}/man_trackTTT.tif")
             tra = read_array(tra_path, "tracking markers")
             seg = read_array(self._index[sample_id][1], "label")
-            self._complete[sample_id] = not len(missed_markers(tra, seg)) and (bool(tra.any()) or bool(seg.any()))
+            self._complete[sample_id] = frame_complete(tra, seg, missed_markers(tra, seg))
         return self._complete[sample_id]
 
     @cached_property
@@ -172,7 +172,7 @@ class CTC(DatasetReader):
                 raise DataError(f"ctc: tracking markers {tra_path} have shape {tra.shape}, the mask {seg} "
                                 f"{label.shape}")
             missed = missed_markers(tra, label)
-            self._complete[sample_id] = not len(missed) and (bool(tra.any()) or bool(label.any()))
+            self._complete[sample_id] = frame_complete(tra, label, missed)
             meta["tra_path"] = str(tra_path)
             meta["partial"] = bool(len(missed))
             if len(missed) and self.params.ignore_unannotated:
@@ -187,6 +187,11 @@ def missed_markers(tra, seg):
     ids, counts = np.unique(tra[tra > 0], return_counts=True)
     inside = np.bincount(tra[(tra > 0) & (seg > 0)].ravel(), minlength=int(ids.max(initial=0)) + 1)
     return ids[inside[ids] * 2 < counts]
+
+
+def frame_complete(tra, seg, missed) -> bool:
+    """Every tracked nucleus is annotated (a frame without markers counts when it annotates something)."""
+    return not len(missed) and (bool(tra.any()) or bool(seg.any()))
 
 
 def ignore_region(tra, missed, seg, margin: int):

@@ -26,7 +26,8 @@ PQ_THRESHOLD = 0.5
 MATCHING_FAMILIES = ("ap", "map", "f1", "precision", "recall", "pq", "sq", "rq")
 COUNT_FAMILIES = ("tp", "fp", "fn", "sum_iou")
 # order in which evaluate_image runs the built-in metrics (plugins follow, sorted by name)
-_BUILTIN_ORDER = ("dice", "iou", "hd95", "bf1", "ap", "map", "f1", "precision", "recall", "pq", "sq", "rq", "seg", "counts")
+_BUILTIN_ORDER = ("dice", "iou", "hd95", "bf1", "ap", "map", "f1", "precision", "recall", "pq", "sq", "rq", "seg",
+                  "counts")
 
 FLAG_BOTH_EMPTY = "both_empty"
 FLAG_EMPTY_PRED = "empty_pred"
