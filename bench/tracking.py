@@ -8,6 +8,7 @@ warning and the local store instead, so a run is never lost to the network. Tele
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import urllib.request
@@ -23,6 +24,23 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 def local_store_uri(output_root: str | Path) -> str:
     return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock held for the block (POSIX; no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: sqlite's own locking only
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _server_answers(uri: str, timeout: float = 3.0) -> bool:
@@ -62,7 +80,15 @@ class Tracker:
         if self._client is None:
             import mlflow
 
-            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:"):
+                # The first touch creates and migrates the tables; two processes doing it at once (two sweeps
+                # sharing an output root) corrupt each other ("table ... already exists"), so serialise it.
+                with _file_lock(Path(self.uri.removeprefix("sqlite:///")).with_suffix(".db.lock")):
+                    client = mlflow.MlflowClient(tracking_uri=self.uri)
+                    client.search_experiments(max_results=1)
+            else:
+                client = mlflow.MlflowClient(tracking_uri=self.uri)
+            self._client = client
         return self._client
 
     def _experiment_id(self) -> str:
@@ -72,7 +98,13 @@ class Tracker:
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts beside the embedded store
             location = (self.output_root.resolve() / "mlartifacts" / self.experiment).as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=location)
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # another process created it between our lookup and our insert
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start(self, run_name: str, resume_run_id: str | None = None, tags: dict[str, str] | None = None,
               parent_run_id: str | None = None) -> str | None:
