@@ -252,6 +252,7 @@ def leaderboard_cmd(
     reported: Optional[Path] = typer.Option(None, "--reported", help="YAML of rows reported by papers (with citation)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the tables and figures to MLflow."),
     note: Optional[str] = typer.Option(None, "--note", help="A line for the markdown header (e.g. how the runs were made)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Pair every row with this one (verdict per metric)."),
 ) -> None:
     """Leaderboard of every method's finished runs: mean, 95% bootstrap CI, mean ± sd over seeds, provenance."""
 
@@ -263,7 +264,7 @@ def leaderboard_cmd(
         command = "bench leaderboard " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else None
         written = leaderboard(dataset, output_root=output_root, out_dir=out, formats=_csv(formats),
                               metrics=_csv(metrics) or None, methods=_csv(methods) or None, reported=reported,
-                              command=command, log_mlflow=not no_mlflow, note=note)
+                              command=command, log_mlflow=not no_mlflow, note=note, baseline=baseline)
         for p in written.values():
             typer.echo(f"wrote {p}")
         if "md" in written:

@@ -412,20 +412,71 @@ def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, ou
     return paths
 
 
+def baseline_section(rows: list[Row], metrics: list[str], dataset: str, baseline: str, output_root: str | Path,
+                     n_boot: int = 2000) -> list[str]:
+    """Every other measured row paired with the baseline over the same test images (``compare``), and a verdict
+    per metric computed from the test, so a table where nothing beats the baseline says so in words."""
+    labels = [r.label for r in rows if not r.reported and r.comparable]
+    if baseline not in labels:
+        raise ValueError(f"baseline {baseline!r} has no comparable measured row on {dataset!r}; rows: "
+                         f"{', '.join(labels) or 'none'}")
+    lines = ["", f"## Against the baseline ({baseline})", "",
+             "Paired over the same test images (per-image values averaged over seeds): median difference "
+             "(row - baseline) with its 95% bootstrap CI, wins/ties/losses, and the Wilcoxon signed-rank p, "
+             "Holm-corrected over the metrics of the row. *better*/*worse*: p_holm < 0.05; otherwise no difference "
+             "shown.", "", "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    verdicts = {}
+    for label in labels:
+        if label == baseline:
+            continue
+        res = {r["metric"]: r for r in compare(label, baseline, dataset, output_root=output_root, metrics=metrics,
+                                               n_boot=n_boot)}
+        cells = []
+        for m in metrics:
+            r = res.get(m)
+            if r is None:
+                cells.append("-")
+                continue
+            sign = 1 if _higher_is_better(m) else -1
+            v = ("better" if sign * r["median_diff"] > 0 or (r["median_diff"] == 0 and r["wins"] > r["losses"])
+                 else "worse") if r["p_holm"] < 0.05 else "no difference"
+            verdicts.setdefault(label, {})[m] = v
+            cells.append(f"{r['median_diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
+                         f"{r['wins']}/{r['ties']}/{r['losses']} p={r['p_holm']:.2g} *{v}*")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    beat = sorted(lbl for lbl, v in verdicts.items() if "better" in v.values())
+    never = sorted(lbl for lbl, v in verdicts.items() if "better" not in v.values())
+    lines += [""]
+    if never:
+        lines.append(f"**Reading:** {', '.join(never)} {'does' if len(never) == 1 else 'do'} not beat {baseline} "
+                     f"on any of these metrics here.")
+    for lbl in beat:
+        won = [m for m, v in verdicts[lbl].items() if v == "better"]
+        lost = [m for m, v in verdicts[lbl].items() if v == "worse"]
+        lines.append(f"**Reading:** {lbl} beats {baseline} on {', '.join(won)}"
+                     + (f" and loses on {', '.join(lost)}." if lost else "."))
+    return lines
+
+
 def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str | Path = "leaderboards",
                 formats: list[str] = ("md",), metrics: list[str] | None = None, methods: list[str] | None = None,
                 reported: str | Path | None = None, command: str | None = None, log_mlflow: bool = True,
-                n_boot: int = 2000, note: str | None = None) -> dict[str, Path]:
+                n_boot: int = 2000, note: str | None = None, baseline: str | None = None) -> dict[str, Path]:
     rows, metrics, task = build_rows(output_root, dataset, metrics, methods, n_boot)
     if reported:
         rows += reported_rows(reported, metrics)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = command or f"bench leaderboard --dataset {dataset} --out {out_dir}"
+    extra = baseline_section(rows, metrics, dataset, baseline, output_root, n_boot) if baseline else []
     written = {}
     for fmt in formats:
         p = out_dir / f"{dataset}.{fmt}"
-        p.write_text(render(rows, metrics, dataset, fmt, command, task, note))
+        text = render(rows, metrics, dataset, fmt, command, task, note)
+        if fmt == "md" and extra:  # before the provenance, after the tables
+            head, sep, tail = text.partition("\n## Budget and convergence")
+            text = head + "\n".join(extra) + "\n" + sep + tail if sep else text + "\n".join(extra) + "\n"
+        p.write_text(text)
         written[fmt] = p
     for f in figures(rows, metrics, dataset, out_dir, output_root) + [curves_figure(rows, dataset, out_dir)]:
         if f is not None:

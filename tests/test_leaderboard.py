@@ -161,3 +161,25 @@ def test_deterministic_rows_smoke_runs_and_html_escaping(tmp_path, caplog):
     html = out["html"].read_text()
     assert "<b onmouseover" not in html and "&lt;b onmouseover=alert(1)&gt;x" in html
     assert "<img" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+
+
+def test_baseline_section_says_in_words_whether_a_row_beats_the_baseline(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = [f"im{i}" for i in range(30)]
+    base = rng.uniform(0.6, 0.8, 30)
+    _fake_run(tmp_path, "unet", 0, dict(zip(imgs, base)))
+    _fake_run(tmp_path, "field", 0, dict(zip(imgs, base - 0.05 + rng.normal(0, 0.01, 30))))
+    _fake_run(tmp_path, "strong", 0, dict(zip(imgs, base + 0.05 + rng.normal(0, 0.01, 30))))
+    _fake_run(tmp_path, "twin", 0, dict(zip(imgs, base + rng.normal(0, 0.03, 30))))
+    out = leaderboard("ds", output_root=tmp_path, out_dir=tmp_path / "lb", formats=["md"], metrics=["f1@0.50"],
+                      log_mlflow=False, n_boot=200, baseline="unet")
+    md = out["md"].read_text()
+    section = md.split("## Against the baseline (unet)")[1]
+    row = {ln.split("|")[1].strip(): ln for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln}
+    assert "*worse*" in row["field"] and "*better*" in row["strong"] and "*no difference*" in row["twin"]
+    assert "30/0/0" in row["strong"] and "0/0/30" in row["field"]
+    assert "**Reading:** field, twin do not beat unet on any of these metrics here." in section
+    assert "**Reading:** strong beats unet on f1@0.50." in section
+    with pytest.raises(ValueError, match="baseline 'nope' has no comparable measured row"):
+        leaderboard("ds", output_root=tmp_path, out_dir=tmp_path / "lb", formats=["md"], metrics=["f1@0.50"],
+                    log_mlflow=False, n_boot=50, baseline="nope")
