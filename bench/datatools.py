@@ -105,11 +105,21 @@ def _is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def _safe_members_tar(tf: tarfile.TarFile, dest: Path):
     for m in tf.getmembers():
-        target = (dest / m.name).resolve()
-        if not str(target).startswith(str(dest.resolve())):
+        if not _inside(dest / m.name, dest):
             raise DataError(f"refusing to unpack {m.name!r}: it points outside {dest}")
+        # A link member followed by a file written through it (or a hard link to an outside file) writes outside
+        # the target however its name reads; datasets ship no links, so refuse them all.
+        if m.issym() or m.islnk():
+            raise DataError(f"refusing to unpack {m.name!r}: it is a {'symbolic' if m.issym() else 'hard'} link "
+                            f"(to {m.linkname!r}); dataset archives must hold plain files")
+        if not (m.isfile() or m.isdir()):
+            raise DataError(f"refusing to unpack {m.name!r}: not a plain file or folder")
         if Path(m.name).name.startswith("._"):  # macOS resource forks shipped in some tarballs (MSD)
             continue
         yield m
@@ -125,13 +135,17 @@ def unpack(archive: Path, dest: Path, root_name: str) -> list[str]:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for n in zf.namelist():
-                    if not str((tmp / n).resolve()).startswith(str(tmp.resolve())):
+                    if not _inside(tmp / n, tmp):
                         raise DataError(f"refusing to unpack {n!r} from {archive}: it points outside {dest}")
                 zf.extractall(tmp, [n for n in zf.namelist() if not Path(n).name.startswith("._")
                                     and not n.startswith("__MACOSX/")])
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(tmp, members=list(_safe_members_tar(tf, tmp)))
+                members = list(_safe_members_tar(tf, tmp))
+                if hasattr(tarfile, "data_filter"):  # the standard library's own guard as well (3.11.4+)
+                    tf.extractall(tmp, members=members, filter="data")
+                else:
+                    tf.extractall(tmp, members=members)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"cannot unpack {archive}: {type(exc).__name__}: {exc} (a partial download? delete it "
@@ -209,6 +223,9 @@ def fetch_dataset(
     files = []
     for local, url in urls.items():
         rel = Path(local)
+        if rel.is_absolute() or ".." in rel.parts or not _inside(root / rel, root):
+            raise DataError(f"dataset card {card.name!r}: source.urls key {local!r} must be a relative file name "
+                            f"inside the dataset folder (no '..', not absolute)")
         dl = cache / "downloads" / card.name / rel.name
         t0 = time.time()
         path = download(url, dl, timeout=timeout, progress=progress, unpack_to=root / rel.parent)

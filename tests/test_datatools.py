@@ -355,3 +355,41 @@ def test_run_downloads_a_missing_dataset_from_its_source(server, cards, tmp_path
     res = run(cfg, data_root=str(tmp_path / "data"), progress=False)
     assert (tmp_path / "data" / "fetched" / "auto" / "images").is_dir()
     assert res.summary["n_images"] >= 1
+
+
+@pytest.mark.parametrize("link", ["symlink_abs", "symlink_rel", "hardlink"])
+def test_fetch_refuses_tar_links_that_would_write_outside_the_data_root(server, cards, tmp_path, link):
+    """A link member followed by a file written through it must not touch anything outside the target."""
+    folder, url = server
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("keep me")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("escape")
+        if link == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, str(victim)
+        else:
+            info.type = tarfile.SYMTYPE
+            info.linkname = str(outside) if link == "symlink_abs" else "../../../../outside"
+        tf.addfile(info)
+        name = "escape" if link == "hardlink" else "escape/victim.txt"
+        data = b"overwritten"
+        f = tarfile.TarInfo(name)
+        f.size = len(data)
+        tf.addfile(f, io.BytesIO(data))
+    (folder / f"{link}.tar.gz").write_bytes(buf.getvalue())
+    _card(cards, f"evil_{link}", {f"{link}.tar.gz": f"{url}/{link}.tar.gz"})
+    with pytest.raises(DataError, match="refusing to unpack 'escape'.*link"):
+        fetch_dataset(f"evil_{link}", data_root=tmp_path / "data")
+    assert victim.read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+
+def test_fetch_refuses_a_card_file_name_outside_the_dataset_folder(server, cards, tmp_path):
+    folder, url = server
+    (folder / "f.txt").write_text("x")
+    _card(cards, "evil_name", {"../../../f.txt": f"{url}/f.txt"})
+    with pytest.raises(DataError, match=r"source.urls key '../../../f.txt' must be a relative file name"):
+        fetch_dataset("evil_name", data_root=tmp_path / "data")
+    assert not any(tmp_path.rglob("f.txt"))
