@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,7 +67,8 @@ class TrainConfig(Strict):
     epochs: int = Field(50, ge=0)
     steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the training images")
     batch_size: int = Field(8, ge=1)
-    patch_size: list[int] = Field(default_factory=lambda: [256, 256])
+    patch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 256], min_length=2,
+                                                           max_length=3)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
@@ -87,7 +88,7 @@ class TrainConfig(Strict):
     fraction_seed: int = 0
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    device: str = "auto"  # auto: cuda when present, else cpu
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # auto: cuda when present, else cpu
     deterministic: bool = True
 
 
@@ -415,6 +416,10 @@ def resolve_config(
     user = deep_merge(user, parse_overrides(overrides))
     if seed is not None:
         user["seed"] = seed
+    for section in ("method", "dataset", "train", "eval", "tracking", "extra_datasets"):
+        if section in user and user[section] is not None and not isinstance(user[section], dict):
+            raise ConfigError(f"{section!r} in --config/--set must be a mapping of settings, not "
+                              f"{user[section]!r}; set one of its keys instead (e.g. --set {section}.<key>=VALUE)")
 
     def card(kind: str, name: str | None, key: str) -> dict:
         given = user.get(key)

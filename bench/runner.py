@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 
-from .config import RunConfig, dump_config, flatten, read_yaml, validate
+from .config import ConfigError, RunConfig, dump_config, flatten, read_yaml, validate
 from .data import DataError, DatasetReader, Sample, resolve_data_root
 from .method import Method, sha256_file
 from .registry import DATASETS, METHODS
@@ -202,8 +202,35 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 # the run
 
 
+def preflight(cfg: RunConfig) -> None:
+    """Config checks that need the registries, made before a run folder is touched (so a typo costs seconds)."""
+    from .metrics import emits_key
+
+    monitor = monitor_name(cfg)
+    if not monitor.startswith("train/") and not emits_key(monitor, cfg.dataset.task):
+        from .metrics import metric_families
+
+        raise ConfigError(f"train.monitor {monitor!r} is not a validation metric of the {cfg.dataset.task} task; use a "
+                          f"row of {', '.join(metric_families(cfg.dataset.task))} (e.g. f1@0.50, dice, seg) or "
+                          "train/<loss>")
+    if cfg.train.augment.rot90 and len(cfg.train.patch_size) >= 2 and len(set(cfg.train.patch_size[-2:])) > 1:
+        raise ConfigError(f"train.patch_size {cfg.train.patch_size}: 90-degree rotations need square in-plane "
+                          "patches; make the last two sizes equal or set train.augment.rot90=false")
+
+
+def _failed_start(run_dir: Path) -> bool:
+    """A folder a run created and then failed in before producing anything: no checkpoint, no summary."""
+    status = read_status(run_dir).get("state")
+    if status == "running" or (run_dir / "summary.json").exists():
+        return False
+    return not any((run_dir / "checkpoints").glob("*.pt")) and not (run_dir / "metrics_per_image.csv").exists()
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     """Returns True when resuming. Refuses to clobber earlier results."""
+    if run_dir.exists() and any(run_dir.iterdir()) and _failed_start(run_dir) and (run_dir / "config.yaml").exists():
+        log.warning("%s holds a run that failed before its first checkpoint; starting it again", run_dir)
+        shutil.rmtree(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         status = read_status(run_dir).get("state", "unknown")
         if overwrite:
@@ -250,6 +277,7 @@ def run(
     avail = method_availability(cfg)
     if avail != "ok":
         raise DataError(f"method {cfg.method.name!r} cannot run here: {avail}")
+    preflight(cfg)
     resuming = prepare_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite)
     if data_root:
         cfg.data_root = str(data_root)
@@ -261,10 +289,17 @@ def run(
     extra_readers = open_extra_datasets(cfg, data_root)
     splits = dataset_splits(cfg, reader)
     _write_json(files.splits, splits)
+    split = cfg.eval.split
+    if evaluate_test and cfg.eval_dataset is None and split != "all" and not splits.get(split):
+        raise ConfigError(f"eval.split {split!r}: dataset {cfg.dataset.name!r} has no such split (or it is empty); "
+                          f"have {sorted(k for k, v in splits.items() if v)} or 'all'")
 
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = select_device(cfg.train.device)
     method = build_method(cfg, device)
+    if method.trainable and cfg.train.epochs == 0 and not method.weights_files():
+        raise ConfigError(f"train.epochs=0: {cfg.method.name!r} is trained from scratch and loads no weights, so the "
+                          "run would publish an untrained network; set train.epochs >= 1")
 
     tracker = make_tracker(cfg)
     prev_id = read_status(run_dir).get("mlflow_run_id") if resuming else None

@@ -334,6 +334,25 @@ def metric_family_of_key(key: str) -> str:
     return _family_of(base)
 
 
+def emits_key(key: str, task: str) -> bool:
+    """Whether a summary key (``f1@0.50``, ``seg_pooled``, ``dice/WT``) comes from a registered metric of the task:
+    a family, a row prefix one declares in ``outputs``, or a pooled ratio's parts."""
+    reg = _registry()
+    fam = metric_family_of_key(key)
+    _, at_sign, threshold = key.split("/", 1)[0].removesuffix("_pooled").partition("@")
+    if at_sign:
+        try:
+            float(threshold)
+        except ValueError:
+            return False
+    for name in metric_families(task):
+        extra = reg.entry(name).extra
+        pooled_parts = {part for parts in (extra.get("pooled") or {}).values() for part in parts}
+        if fam == name or fam in extra.get("outputs", ()) or fam in pooled_parts:
+            return True
+    return False
+
+
 def higher_is_better(key: str) -> bool:
     """Direction of a metric (a family, a row name or a summary key), as its registration states it.
 

@@ -1,0 +1,69 @@
+"""Fault suite (issue 18): bad settings fail before training with the key named, and a failed start does not block
+the corrected rerun. Every case here fails in seconds; none trains."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import needs_data
+
+from bench.config import ConfigError, resolve_config
+from bench.runner import RunExistsError, prepare_run_dir, run
+
+pytestmark = needs_data("bbbc039")
+
+
+def _cfg(tmp_path, *sets):
+    return resolve_config("unet", "bbbc039", overrides=["tracking.enabled=false", f"output_root={tmp_path}",
+                                                        "train.epochs=1", "train.steps_per_epoch=1", *sets])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.monitor=f1@0.5O", r"train.monitor 'f1@0.5O' is not a validation metric of the instance task"),
+    ("train.patch_size=[64,96]", r"train.patch_size \[64, 96\]: 90-degree rotations need square"),
+    ("eval.split=tset", r"eval.split 'tset': dataset 'bbbc039' has no such split"),
+    ("train.epochs=0", r"train.epochs=0: 'unet' is trained from scratch and loads no weights"),
+])
+def test_bad_run_settings_fail_before_training_with_the_key(tmp_path, setting, message):
+    cfg = _cfg(tmp_path, setting)
+    with pytest.raises(ConfigError, match=message):
+        run(cfg, progress=False)
+    run_dir = cfg.run_dir()
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.patch_size=[0,0]", r"train.patch_size.0: Input should be greater than or equal to 1"),
+    ("train.patch_size=[-64,64]", r"train.patch_size.0: Input should be greater than or equal to 1"),
+    ("train.patch_size=[64]", r"train.patch_size: List should have at least 2 items"),
+    ("train.device=gpu", r"train.device: String should match pattern"),
+    ("train=5", r"'train' in --config/--set must be a mapping of settings, not 5"),
+    ("eval=[1,2]", r"'eval' in --config/--set must be a mapping"),
+])
+def test_bad_values_are_refused_when_the_config_is_resolved(tmp_path, setting, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tmp_path, setting)
+
+
+def test_good_monitors_pass_the_preflight(tmp_path):
+    from bench.runner import preflight
+
+    for monitor in ("f1@0.50", "seg", "seg_pooled", "pq", "dice", "ap@0.75_pooled", "train/loss", "tp@0.50"):
+        preflight(_cfg(tmp_path, f"train.monitor={monitor}"))
+    preflight(_cfg(tmp_path, "train.patch_size=[64,96]", "train.augment.rot90=false"))
+
+
+def test_a_failed_start_does_not_block_the_corrected_rerun(tmp_path):
+    cfg = _cfg(tmp_path, "eval.split=tset")
+    with pytest.raises(ConfigError):
+        run(cfg, progress=False)
+    run_dir = cfg.run_dir()
+    assert (run_dir / "config.yaml").exists()  # the failed start left its folder ...
+    fixed = _cfg(tmp_path)
+    assert prepare_run_dir(fixed, run_dir, resume=False, overwrite=False) is False  # ... which no longer blocks
+    assert run_dir.is_dir() and not any(run_dir.iterdir())
+    # a folder that holds a checkpoint is a run: still refused without --resume / --overwrite
+    (run_dir / "config.yaml").write_text("x")
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"0")
+    with pytest.raises(RunExistsError):
+        prepare_run_dir(fixed, run_dir, resume=False, overwrite=False)
