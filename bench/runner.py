@@ -269,10 +269,24 @@ def run(
     `on_epoch(epoch, value)` is called after each validated epoch with the monitor value (tuning uses it to
     report to Optuna and prune). With `evaluate_test=False` the test split is never touched.
     """
+    from .locks import LockHeld, file_lock
+
+    run_dir = Path(run_dir) if run_dir else cfg.run_dir()
+    # one process per run folder: a second `--resume` of a running run would train beside it and both would write
+    # the same checkpoints (the lock sits beside the folder, so --overwrite can replace the folder under it)
+    try:
+        with file_lock(run_dir.parent / f".{run_dir.name}.lock", blocking=False, what=str(run_dir)):
+            return _run(cfg, run_dir, resume=resume, overwrite=overwrite, data_root=data_root, progress=progress,
+                        evaluate_test=evaluate_test, on_epoch=on_epoch, parent_run_id=parent_run_id)
+    except LockHeld as exc:
+        raise RunExistsError(f"{exc}; wait for it to finish, or stop it first") from None
+
+
+def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_root: str | None, progress: bool,
+         evaluate_test: bool, on_epoch, parent_run_id: str | None) -> RunResult:
     from .envinfo import environment_record, seed_everything, select_device
     from .loop import FitContext
 
-    run_dir = Path(run_dir) if run_dir else cfg.run_dir()
     files = RunFiles(run_dir)
     avail = method_availability(cfg)
     if avail != "ok":

@@ -8,13 +8,14 @@ warning and the local store instead, so a run is never lost to the network. Tele
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +25,6 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 def local_store_uri(output_root: str | Path) -> str:
     return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock held for the block (POSIX; no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: sqlite's own locking only
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _server_answers(uri: str, timeout: float = 3.0) -> bool:
@@ -83,7 +67,7 @@ class Tracker:
             if self.uri.startswith("sqlite:"):
                 # The first touch creates and migrates the tables; two processes doing it at once (two sweeps
                 # sharing an output root) corrupt each other ("table ... already exists"), so serialise it.
-                with _file_lock(Path(self.uri.removeprefix("sqlite:///")).with_suffix(".db.lock")):
+                with file_lock(Path(self.uri.removeprefix("sqlite:///")).with_suffix(".db.lock")):
                     client = mlflow.MlflowClient(tracking_uri=self.uri)
                     client.search_experiments(max_results=1)
             else:

@@ -67,3 +67,20 @@ def test_a_failed_start_does_not_block_the_corrected_rerun(tmp_path):
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"0")
     with pytest.raises(RunExistsError):
         prepare_run_dir(fixed, run_dir, resume=False, overwrite=False)
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
+    """Two `--resume` of one run must not both train: the second is refused, naming the holder."""
+    import os
+
+    from bench.locks import file_lock
+
+    cfg = _cfg(tmp_path)
+    run_dir = cfg.run_dir()
+    with file_lock(run_dir.parent / f".{run_dir.name}.lock", what=str(run_dir)):
+        with pytest.raises(RunExistsError, match=rf"{run_dir} is in use by pid {os.getpid()}"):
+            run(cfg, resume=True, progress=False)
+    assert not run_dir.exists()  # refused before anything was written
+    # released: the next run gets past the lock (and fails on the bad split, before training)
+    with pytest.raises(ConfigError, match="eval.split"):
+        run(_cfg(tmp_path, "eval.split=nope"), progress=False)
