@@ -306,9 +306,9 @@ def compare(
 def tune(
     method: str = typer.Option(..., "--method", "-m"),
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    trials: int = typer.Option(..., "--trials", help="Finished (complete or pruned) trials the study should hold."),
+    trials: int = typer.Option(..., "--trials", min=1, help="Finished (complete or pruned) trials the study should hold."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite under the runs)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes sharing the storage."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes sharing the storage."),
     sets: Optional[list[str]] = SetOpt,
     config: Optional[list[Path]] = ConfigOpt,
     seed: int = typer.Option(0, "--seed"),

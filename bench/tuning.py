@@ -245,6 +245,8 @@ def tune(method: str, dataset: str, n_trials: int, *, workers: int = 1, storage:
          overrides: list[str] | None = None, overlay: "str | list[str] | None" = None, data_root: str | None = None,
          seed: int = 0) -> Study:
     """Run a study with `workers` processes on one storage (this process is one of them)."""
+    if n_trials < 1 or workers < 1:
+        raise ConfigError(f"tune: --trials and --workers must be >= 1 (got trials={n_trials}, workers={workers})")
     study = Study(method, dataset, storage=storage, overrides=overrides, overlay=overlay, data_root=data_root,
                   seed=seed)
     study.load()  # create it once before the workers race to

@@ -84,3 +84,17 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     # released: the next run gets past the lock (and fails on the bad split, before training)
     with pytest.raises(ConfigError, match="eval.split"):
         run(_cfg(tmp_path, "eval.split=nope"), progress=False)
+
+
+def test_tune_refuses_zero_trials_before_creating_a_study(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.tuning import tune
+
+    with pytest.raises(ConfigError, match="--trials and --workers must be >= 1"):
+        tune("unet", "bbbc039", 0, overrides=[f"output_root={tmp_path}", "tracking.enabled=false"])
+    out = CliRunner().invoke(app, ["tune", "-m", "unet", "-d", "bbbc039", "--trials", "0",
+                                   "--set", f"output_root={tmp_path}"])
+    assert out.exit_code != 0 and "--trials" in out.output
+    assert not any(tmp_path.rglob("optuna.db"))
