@@ -61,6 +61,16 @@ class Row:
         """Some seed's validation curve was still rising at the end of its budget (computed from its history)."""
         return any(c.rising for c in self.curves)
 
+    @property
+    def failed(self) -> bool:
+        """Some seed's validation monitor never moved from its first value (no learning signal reached it)."""
+        return any(c.flat for c in self.curves)
+
+    @property
+    def flags(self) -> str:
+        return ((" (smoke run)" if self.partial else "") + (" (under-trained)" if self.under_trained else "")
+                + (" (failed: flat validation curve)" if self.failed else ""))
+
 
 def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None = None,
                methods: list[str] | None = None, n_boot: int = 2000) -> tuple[list[Row], list[str], str]:
@@ -237,8 +247,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             for m in metrics:
                 main, rest = _fmt(r.cells.get(m))
                 cells.append((f"**{main}**" if r.label in best[m] else main) + (f" {rest}" if rest else ""))
-            flag = (" (smoke run)" if r.partial else "") + (" (under-trained)" if r.under_trained else "")
-            lines.append(f"| {r.label}{flag} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
+            lines.append(f"| {r.label}{r.flags} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
         smoke = [r for r in measured + apart if r.partial]
         if smoke:
             lines += ["", "**Warning:** smoke-sized runs (not results to publish): " + "; ".join(
@@ -278,7 +287,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                 main = f"<b>{main}</b>" if (not r.reported and r.label in best[m]) else main
                 tds.append(f"<td>{main}<br><small>{rest}</small></td>")
             name = escape(r.label + (" (reported)" if r.reported else "" if r.comparable else " (other test images)")
-                          + (" (smoke run)" if r.partial else "") + (" (under-trained)" if r.under_trained else ""))
+                          + r.flags)
             body.append(f"<tr><td>{name}</td>{''.join(tds)}<td>{r.n_images}</td><td>{r.n_seeds}</td></tr>")
         note_html = f"<p>{escape(note)}</p>" if note else ""
         return (f"<html><head><meta charset='utf-8'></head><body><h1>Leaderboard: {escape(dataset)}</h1>"
@@ -332,7 +341,7 @@ def budget_section(rows: list[Row], dataset: str) -> list[str]:
         b = r.curves[0].budget
         budgets.add((b["steps"], b["batch_size"], tuple(b["patch_size"])))
         gains = ", ".join("n/a" if c.gain is None else f"{c.gain:+.1%}" for c in r.curves)
-        verdict = "under-trained" if r.under_trained else (
+        verdict = "failed: the monitor never moved" if r.failed else "under-trained" if r.under_trained else (
             "flattened" if all(c.gain is not None for c in r.curves) else "not judged (too few validations)")
         lines.append(f"| {r.label} | {b['steps']} x {b['batch_size']} x {'x'.join(map(str, b['patch_size']))} | "
                      f"{b['pixels'] / 1e6:.0f} M | {r.curves[0].monitor} | {gains} | {verdict} |")
@@ -357,7 +366,7 @@ def curves_figure(rows: list[Row], dataset: str, out_dir: Path) -> Path | None:
     for ax, r in zip(axes[0], trained):
         for k, c in enumerate(r.curves):
             ax.plot(c.steps, c.values, marker=".", lw=1, label=f"seed {k}" if len(r.curves) > 1 else None)
-        ax.set_title(r.label + (" (under-trained)" if r.under_trained else ""), fontsize=9)
+        ax.set_title(r.label + (" (failed)" if r.failed else " (under-trained)" if r.under_trained else ""), fontsize=9)
         ax.set_xlabel("optimiser steps")
         ax.set_ylabel(f"val {r.curves[0].monitor}")
         ax.grid(alpha=0.3)

@@ -62,6 +62,11 @@ class Convergence:
     gain: float | None  # relative improvement of the last quarter's best over the best before it
     rising: bool
 
+    @property
+    def flat(self) -> bool:
+        """The monitor never moved (e.g. SEG 0 at every validation): a failed run, not a converged one."""
+        return len(self.values) >= 2 and max(self.values) - min(self.values) <= 1e-12
+
 
 def convergence(run_dir: str | Path, tail: float = RISING_TAIL, tol: float = RISING_TOL) -> Convergence | None:
     """The run's convergence from its history.csv (None for a training-free method or a run without one)."""

@@ -216,3 +216,19 @@ def test_leaderboard_flags_the_under_trained_row_and_states_the_budget(tmp_path)
     assert "Every trained row had the same budget. Training-free: classic_watershed." in md
     assert "bbbc039_curves.png" in md
     assert "under_trained" in render(rows, ["f1@0.50"], "bbbc039", "csv", "", "instance")
+
+
+def test_a_flat_zero_validation_curve_is_a_failed_row_not_a_converged_one(tmp_path):
+    """SEG 0 at every validation (GOWT1 field rows under batch norm) must not read as 'flattened'."""
+    from bench.leaderboard import Cell, Row, render
+    from bench.results import convergence
+
+    zero = convergence(_fake_run(tmp_path, "z", [0.0] * 8))
+    assert zero.flat and not zero.rising
+    assert not convergence(_fake_run(tmp_path, "f", [0.1, 0.6, 0.85, 0.89, 0.90, 0.90, 0.901, 0.899])).flat
+    row = Row("poisson", {"f1@0.50": Cell(0.0, (0.0, 0.0), 0.0, 0.0)}, 10, 1, curves=[zero])
+    row.provenance = {"seeds": [0], "git_commits": [], "config_hashes": [], "hardware": [], "mlflow_run_ids": [],
+                      "runs": []}
+    md = render([row], ["f1@0.50"], "ds", "md", "bench leaderboard", "instance")
+    assert "| poisson (failed: flat validation curve) |" in md
+    assert "| failed: the monitor never moved |" in md and "| flattened |" not in md
