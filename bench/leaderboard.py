@@ -208,7 +208,8 @@ def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
 
 
 def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str,
-           note: str | None = None) -> str:
+           note: str | None = None, sections: list[str] | None = None) -> str:
+    """One table format; `sections` (markdown lines, e.g. the baseline pairing) go after the tables."""
     best = best_labels(rows, metrics)
     measured = [r for r in rows if not r.reported and r.comparable]
     apart = [r for r in rows if not r.reported and not r.comparable]  # other test images: never ranked
@@ -266,7 +267,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             for r in reported:
                 lines.append(f"| {r.label} (reported) | " + " | ".join(_fmt(r.cells.get(m))[0] for m in metrics)
                              + f" | {r.citation} |")
-        lines += budget_section(measured + apart, dataset)
+        lines += (sections or []) + budget_section(measured + apart, dataset)
         lines += ["", "## Provenance", ""]
         for r in measured + apart:
             p = r.provenance
@@ -481,11 +482,7 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
     written = {}
     for fmt in formats:
         p = out_dir / f"{dataset}.{fmt}"
-        text = render(rows, metrics, dataset, fmt, command, task, note)
-        if fmt == "md" and extra:  # before the provenance, after the tables
-            head, sep, tail = text.partition("\n## Budget and convergence")
-            text = head + "\n".join(extra) + "\n" + sep + tail if sep else text + "\n".join(extra) + "\n"
-        p.write_text(text)
+        p.write_text(render(rows, metrics, dataset, fmt, command, task, note, sections=extra))
         written[fmt] = p
     for f in figures(rows, metrics, dataset, out_dir, output_root) + [curves_figure(rows, dataset, out_dir)]:
         if f is not None:

@@ -202,6 +202,12 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 # the run
 
 
+def check_split(dataset: str, splits: dict[str, list[str]], split: str) -> None:
+    if split != "all" and not splits.get(split):
+        raise ConfigError(f"eval.split {split!r}: dataset {dataset!r} has no such split (or it is empty); "
+                          f"have {sorted(k for k, v in splits.items() if v)} or 'all'")
+
+
 def preflight(cfg: RunConfig) -> None:
     """Config checks that need the registries, made before a run folder is touched (so a typo costs seconds)."""
     from .metrics import emits_key
@@ -218,19 +224,22 @@ def preflight(cfg: RunConfig) -> None:
                           "patches; make the last two sizes equal or set train.augment.rot90=false")
 
 
+# what a run writes before its first checkpoint; a folder holding only these (and not running) is a failed start
+_START_FILES = {"config.yaml", "environment.json", "splits.json", "status.json"}
+
+
 def _failed_start(run_dir: Path) -> bool:
-    """A folder a run created and then failed in before producing anything: no checkpoint, no summary."""
-    status = read_status(run_dir).get("state")
-    if status == "running" or (run_dir / "summary.json").exists():
-        return False
-    return not any((run_dir / "checkpoints").glob("*.pt")) and not (run_dir / "metrics_per_image.csv").exists()
+    names = {p.name for p in run_dir.iterdir()}
+    return "config.yaml" in names and names <= _START_FILES and read_status(run_dir).get("state") != "running"
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     """Returns True when resuming. Refuses to clobber earlier results."""
-    if run_dir.exists() and any(run_dir.iterdir()) and _failed_start(run_dir) and (run_dir / "config.yaml").exists():
+    if run_dir.exists() and any(run_dir.iterdir()) and _failed_start(run_dir):
+        # only the start files are removed, so a folder that holds anything else is never touched
         log.warning("%s holds a run that failed before its first checkpoint; starting it again", run_dir)
-        shutil.rmtree(run_dir)
+        for name in _START_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     if run_dir.exists() and any(run_dir.iterdir()):
         status = read_status(run_dir).get("state", "unknown")
         if overwrite:
@@ -303,10 +312,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     extra_readers = open_extra_datasets(cfg, data_root)
     splits = dataset_splits(cfg, reader)
     _write_json(files.splits, splits)
-    split = cfg.eval.split
-    if evaluate_test and cfg.eval_dataset is None and split != "all" and not splits.get(split):
-        raise ConfigError(f"eval.split {split!r}: dataset {cfg.dataset.name!r} has no such split (or it is empty); "
-                          f"have {sorted(k for k, v in splits.items() if v)} or 'all'")
+    if evaluate_test and cfg.eval_dataset is None:  # a typo in eval.split fails now, not after training
+        check_split(cfg.dataset.name, splits, cfg.eval.split)
 
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = select_device(cfg.train.device)
@@ -400,8 +407,7 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         splits = dataset_splits_of(scored, reader, cfg.output_root)
     if split == "all":
         splits = {**splits, "all": sorted(reader.list_ids())}
-    if split not in splits or not splits[split]:
-        raise DataError(f"dataset {scored.name!r}: split {split!r} is empty or missing (have {sorted(splits)})")
+    check_split(scored.name, splits, split)
     ids = splits[split][: cfg.eval.max_images or None]
     if method.trainable and cfg.train.epochs > 0:
         load_checkpoint(method, run_dir, cfg.eval.checkpoint)

@@ -98,3 +98,15 @@ def test_tune_refuses_zero_trials_before_creating_a_study(tmp_path):
                                    "--set", f"output_root={tmp_path}"])
     assert out.exit_code != 0 and "--trials" in out.output
     assert not any(tmp_path.rglob("optuna.db"))
+
+
+def test_a_failed_start_cleanup_never_touches_a_folder_holding_other_files(tmp_path):
+    """`--run-dir` at a user's folder that has a config.yaml of its own: nothing is deleted, the run is refused."""
+    fixed = _cfg(tmp_path)
+    folder = tmp_path / "my_project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("mine")
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(RunExistsError):
+        prepare_run_dir(fixed, folder, resume=False, overwrite=False)
+    assert (folder / "config.yaml").read_text() == "mine" and (folder / "notes.txt").read_text() == "keep"
