@@ -147,6 +147,30 @@ def eval_cmd(
 
 
 @app.command()
+def calibrate(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    data_root: Optional[Path] = DataRootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Choose a finished run's post-processing (its card's `calibrate:` grid) on the val split; `bench eval` and
+    `bench predict` then use it. `bench run` does this by itself before scoring the test split."""
+
+    def body():
+        from .runner import calibrate_finished_run
+
+        rec = calibrate_finished_run(run_dir, data_root=str(data_root) if data_root else None, progress=not quiet)
+        if rec is None:
+            _fail(f"{run_dir}: nothing calibrated (no val split, or no val image gives the monitored metric)")
+        d = rec["default"]
+        typer.echo(f"{rec['monitor']} on {rec['images']} val images: card's values {d['params']} -> {d['value']:.4f}; "
+                   f"chosen {rec['chosen']['params']} -> {rec['chosen']['value']:.4f} (written to "
+                   f"{Path(run_dir) / 'calibration.json'}; `bench eval {run_dir}` scores the test split with it)")
+
+    _setup_logging(quiet)
+    _guard(body)
+
+
+@app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     input: Path = typer.Option(..., "--input", "-i", help="A folder of images (any size) or one image file."),

@@ -102,6 +102,9 @@ class EvalConfig(Strict):
     save_predictions: bool = True
     tile_overlap: float = Field(0.25, ge=0, lt=1)
     boundary_tolerance: float = 2.0
+    calibrate: bool = True  # choose the card's `calibrate:` grid on the val split before the test split is scored
+    calibrate_max_images: int | None = Field(None, ge=1)  # None: every val image
+    calibrate_monitor: str | None = None  # the val metric calibration maximises; None: train.monitor's
 
 
 class TrackingConfig(Strict):
@@ -135,6 +138,8 @@ class MethodCard(Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     tune: dict[str, Any] = Field(default_factory=dict)
+    # post-processing grid chosen on the val split after training (bench.calibration): param -> values
+    calibrate: dict[str, list[Any]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

@@ -36,7 +36,8 @@ Training (the default loop in ``bench.loop`` calls these, in this order)
 Inference
 - ``forward(x, meta)``: meta holds ``spacing`` (B x ndim tensor) and ``id`` (list of str).
 - ``predict_raw(image, meta=...)``: network output for a whole normalised image (sliding window when large).
-- ``postprocess(raw)``: raw output -> label image (class map or instance labels).
+- ``postprocess(raw)``: raw output -> label image (class map or instance labels). It reads its settings from
+  ``self.params`` at call time; those named in ``postprocess_params`` may be calibrated on the val split.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Method:
     default_monitor: ClassVar[str | None] = None
     # the loss reads batch["ignore"] (`known_weights`); the loop refuses data with ignore regions otherwise
     handles_ignore: ClassVar[bool] = False
+    # params that change only ``postprocess``: a card may calibrate them on the val split (bench.calibration)
+    postprocess_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel, dataset: "DatasetCard", device: "torch.device") -> None:
         self.params = params
@@ -221,6 +224,10 @@ class Method:
 
     def after_optimizer_step(self, name: str) -> None:
         """After optimiser `name` stepped, e.g. clamp weights to keep a network input-convex."""
+
+    def calibratable(self) -> tuple[str, ...]:
+        """The post-processing params that matter for this dataset (default: all of ``postprocess_params``)."""
+        return self.postprocess_params
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
         """Per-pixel targets; the default passes the label on."""

@@ -219,6 +219,9 @@ def preflight(cfg: RunConfig) -> None:
         raise ConfigError(f"train.monitor {monitor!r} is not a validation metric of the {cfg.dataset.task} task; use a "
                           f"row of {', '.join(metric_families(cfg.dataset.task))} (e.g. f1@0.50, dice, seg) or "
                           "train/<loss>")
+    from .calibration import check_grid
+
+    check_grid(cfg)
     if cfg.train.augment.rot90 and len(cfg.train.patch_size) >= 2 and len(set(cfg.train.patch_size[-2:])) > 1:
         raise ConfigError(f"train.patch_size {cfg.train.patch_size}: 90-degree rotations need square in-plane "
                           "patches; make the last two sizes equal or set train.augment.rot90=false")
@@ -332,7 +335,7 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     }, parent_run_id=parent_run_id)
     _update_status(run_dir, state="running", started=time.time(), mlflow_run_id=mlflow_id,
                    config_hash=cfg.config_hash(), device=str(device))
-    tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"method": {"tune"}, "extra_datasets": True, "eval_dataset": True})))
+    tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"method": {"tune", "calibrate"}, "extra_datasets": True, "eval_dataset": True})))
     tracker.log_artifact(files.config)
     tracker.log_artifact(files.environment)
     ctx = FitContext(cfg, method, reader, splits, files, tracker, resuming=resuming, progress=progress,
@@ -349,7 +352,10 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
             tracker.log_metrics({f"val/{k}": v for k, v in val.items()})
             if on_epoch:
                 on_epoch(0, best)
-        summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress) if evaluate_test else {}
+        summary = {}
+        if evaluate_test:
+            calibrate_run(method, cfg, reader, splits, run_dir, tracker, progress=progress)
+            summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress)
     except BaseException as exc:
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         if type(exc).__name__ == "TrialPruned":
@@ -373,6 +379,26 @@ def load_checkpoint(method: Method, run_dir: Path, which: str = "best") -> dict 
     ck = torch.load(path, map_location=method.device, weights_only=False)
     method.load_state_dict(ck["method"])
     return ck
+
+
+def calibrate_run(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict[str, list[str]], run_dir: Path,
+                  tracker, *, progress: bool = True) -> dict | None:
+    """The post-processing step between training and testing: the card's grid scored on the val split with the
+    evaluated checkpoint; writes calibration.json (which `evaluate` and `predict_folder` apply)."""
+    from .calibration import FILE, calibrate
+
+    (Path(run_dir) / FILE).unlink(missing_ok=True)  # a stale choice (an earlier checkpoint) must not survive
+    if not cfg.method.calibrate or not cfg.eval.calibrate:
+        return None
+    if method.trainable and cfg.train.epochs > 0:
+        load_checkpoint(method, run_dir, cfg.eval.checkpoint)
+    record = calibrate(method, cfg, reader, splits, run_dir, progress=progress)
+    if record:
+        # metrics, not params: MLflow refuses a param whose value changes, and a run may be calibrated again
+        tracker.log_metrics({f"calibration/{record['monitor']}": record["chosen"]["value"],
+                             **{f"calibrated/{k}": float(v) for k, v in record["chosen"]["params"].items()}})
+        tracker.log_artifact(Path(run_dir) / FILE)
+    return record
 
 
 def provenance(method: Method, cfg: RunConfig) -> dict[str, Any]:
@@ -411,6 +437,9 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
     ids = splits[split][: cfg.eval.max_images or None]
     if method.trainable and cfg.train.epochs > 0:
         load_checkpoint(method, run_dir, cfg.eval.checkpoint)
+    from . import calibration
+
+    calibrated = calibration.apply(method, run_dir)
     rows = []
     t_pred = 0.0
     n_partial = 0
@@ -445,6 +474,8 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         "git_commit": env.get("git_commit"), "hardware": hardware_summary(env) if env else None,
         "task": cfg.dataset.task, "created": time.time(), **provenance(method, cfg),
     }
+    if calibrated is not None:  # the post-processing the scores rest on, chosen on the val split
+        summary["postprocess"] = {"calibrated_on": "val", "params": calibrated}
     if n_partial:  # instance metrics rest on the fully annotated images only
         summary["n_partial_images"] = n_partial
     if cfg.train.fraction < 1:
@@ -486,6 +517,23 @@ def evaluate_run(run_dir: str | Path, *, split: str | None = None, data_root: st
     summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress, split=split)
     tracker.end("FINISHED")
     return summary
+
+
+def calibrate_finished_run(run_dir: str | Path, *, data_root: str | None = None, progress: bool = True) -> dict | None:
+    """Calibrate the post-processing of a finished run on its val split (then `bench eval` applies it)."""
+    run_dir = Path(run_dir)
+    cfg, method = reopen(run_dir, data_root)
+    if not cfg.method.calibrate:
+        raise ConfigError(f"method card {cfg.method.name!r} has no calibrate: grid; add one (param: [values]) to its "
+                          "card or the run's config.yaml")
+    reader = open_dataset(cfg, data_root)
+    splits = json.loads(RunFiles(run_dir).splits.read_text())
+    tracker = make_tracker(cfg)
+    tracker.start("calibrate", read_status(run_dir).get("mlflow_run_id"))
+    record = calibrate_run(method, cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"calibrate": True})}),
+                           reader, splits, run_dir, tracker, progress=progress)
+    tracker.end("FINISHED")
+    return record
 
 
 def output_stem(path: Path) -> str:
@@ -531,6 +579,9 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
     cfg, method = reopen(run_dir)
     if method.trainable and cfg.train.epochs > 0:
         load_checkpoint(method, Path(run_dir), cfg.eval.checkpoint)
+    from .calibration import apply
+
+    apply(method, Path(run_dir))
     out = []
     for dest, f in progress_bar(list(dests.items()), progress, "predicting"):
         raw, spacing = read_image(f, with_spacing=True)

@@ -170,6 +170,22 @@ def test_gowt1_partial_frames_get_an_ignore_region_over_the_missed_nuclei():
     assert reader.is_complete("01_t021") and not reader.is_complete("02_t001")  # 22 of 24 nuclei annotated
 
 
+@needs_data("ctc/Fluo-N2DH-GOWT1")
+def test_gowt1_val_holds_complete_and_partial_frames_of_the_training_sequence():
+    from bench.runner import dataset_splits, open_dataset
+
+    cfg = resolve_config("poisson", "ctc_fluo_n2dh_gowt1")
+    reader = open_dataset(cfg)
+    sp = reader.official_splits()
+    assert {i[:2] for i in sp["train"] + sp["val"]} == {"01"} and {i[:2] for i in sp["test"]} == {"02"}
+    assert not set(sp["train"]) & set(sp["val"]) and len(sp["val"]) == 6  # 20% of sequence 01's 30 frames
+    complete = [i for i in sp["val"] if reader.is_complete(i)]
+    assert complete and any(reader.is_complete(i) for i in sp["train"])  # PQ can be calibrated on val
+    assert len(complete) < len(sp["val"])
+    assert reader.official_splits() == sp  # seeded
+    assert dataset_splits(cfg, reader, persist=False)["val"] == sp["val"]  # the core keeps the reader's val
+
+
 # ------------------------------------------------------------------------------------------------
 # budget policy
 

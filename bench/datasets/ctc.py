@@ -24,7 +24,8 @@ the annotated objects) as an ignore region that losses leave out, so a partial f
 are background.
 
 Splits: none official (test-set ground truth is withheld by the challenge); ``test_sequences: ["02"]`` makes
-an explicit split by sequence, else the core splits frames at random (seeded; frames of one sequence are
+an explicit split by sequence (``val_fraction`` then holds out a val share of the other frames, complete and
+partial frames drawn separately), else the core splits frames at random (seeded; frames of one sequence are
 correlated, so prefer the sequence split when both sequences are labelled).
 """
 
@@ -56,6 +57,10 @@ class CTCParams(BaseModel):
     ignore_unannotated: bool = False
     # markers are smaller than their nuclei (GOWT1: ~1,650 px markers, ~2,900 px nuclei): grow them this much
     ignore_margin: int = Field(12, ge=0)
+    # with test_sequences: the share of the other frames held out as val, drawn separately among the complete and
+    # the partial frames (seeded by the card's splits.seed), so that early stopping and post-processing calibration
+    # see fully annotated frames too (instance metrics exist on those only); 0: the core carves a random val
+    val_fraction: float = Field(0.0, ge=0, lt=1)
 
 
 @register_dataset("ctc", description="Cell Tracking Challenge (01/t000.tif, 01_GT/SEG/man_seg000.tif, ST)")
@@ -134,8 +139,26 @@ class CTC(DatasetReader):
         if not test_seq:
             return None
         ids = self.list_ids()
-        return {"train": [i for i in ids if i.split("_")[0] not in test_seq],
-                "test": [i for i in ids if i.split("_")[0] in test_seq]}
+        out = {"train": [i for i in ids if i.split("_")[0] not in test_seq],
+               "test": [i for i in ids if i.split("_")[0] in test_seq]}
+        if self.params.val_fraction:
+            out["train"], out["val"] = self._stratified_val(out["train"], self.params.val_fraction)
+        return out
+
+    def _stratified_val(self, ids: list[str], fraction: float) -> tuple[list[str], list[str]]:
+        """A seeded val share of each group (complete frames, the rest), at least one frame of a group of two+."""
+        import numpy as np
+
+        rng = np.random.default_rng(self.card.splits.seed)
+        complete = [i for i in ids if self._tra_file(i) is not None and self.is_complete(i)]
+        val: list[str] = []
+        for group in (complete, [i for i in ids if i not in set(complete)]):
+            if len(group) < 2:
+                continue
+            order = list(group)
+            rng.shuffle(order)
+            val += order[: max(1, int(round(len(order) * fraction)))]
+        return sorted(i for i in ids if i not in set(val)), sorted(val)
 
     def _frame(self, seq: str, t: str) -> Path:
         folder = self.root / seq

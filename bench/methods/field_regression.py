@@ -39,6 +39,7 @@ class FieldRegression(Method):
     Params = FieldParams
     default_monitor = "f1@0.50"
     handles_ignore = True
+    postprocess_params = ("eps", "h", "min_size")
 
     def build(self) -> None:
         if self.dataset.task != "instance":

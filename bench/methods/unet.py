@@ -53,6 +53,7 @@ def three_class_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
 class UNet(Method):
     Params = UNetParams
     handles_ignore = True
+    postprocess_params = ("min_size",)
 
     @property
     def n_out(self) -> int:
@@ -60,6 +61,9 @@ class UNet(Method):
 
     def build(self) -> None:
         self.networks["net"] = self.build_network(self.params.network, self.n_out)
+
+    def calibratable(self) -> tuple[str, ...]:
+        return self.postprocess_params if self.dataset.task == "instance" else ()  # argmax has no settings
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
         lab = sample.label
