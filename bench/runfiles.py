@@ -9,6 +9,7 @@
     checkpoints/best.pt    best epoch on the validation monitor
     checkpoints/<stage>/   the same for each named stage of a staged method
     stages/<stage>/        a stage's outputs, its history.csv and done.json
+    calibration.json       post-processing chosen on the val split (bench/calibration.py); evaluation applies it
     metrics_per_image.csv  one row per image x metric x class (test split): the source of every summary
     summary.json           dataset-level metrics (test split)
     predictions/*.tif      predicted label images (test split)
