@@ -295,9 +295,13 @@ def deep_merge(base: dict, child: dict) -> dict:
 
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a YAML config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -314,11 +318,18 @@ def load_card_dict(path: Path, kind: str, _seen: tuple[Path, ...] = ()) -> dict:
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a card file name or a list of them (e.g. _base_: poisson.yaml), "
+                          f"not {data.get('_base_', bases)!r}")
     merged: dict = {}
     for b in bases:
         bpath = path.parent / b
         if not bpath.exists():
-            bpath = card_path(kind, Path(b).stem)
+            try:
+                bpath = card_path(kind, Path(b).stem)
+            except Exception:  # RegistryError's list of cards does not say who asked
+                raise ConfigError(f"{path}: _base_ {b!r} not found: neither {path.parent / b} nor a {kind} card "
+                                  f"named {Path(b).stem!r}") from None
         merged = deep_merge(merged, load_card_dict(bpath, kind, _seen + (path,)))
     merged.pop("name", None)  # a card's name is its own, never its base's
     merged = deep_merge(merged, data)

@@ -2,8 +2,9 @@
 
 With no tracking URI set (config ``tracking.uri`` or ``$MLFLOW_TRACKING_URI``) runs go to an embedded store:
 ``sqlite:///<output_root>/mlflow.db`` with artifacts in ``<output_root>/mlartifacts``; browse it with
-``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``. A remote server that does not answer gives a
-warning and the local store instead, so a run is never lost to the network. Telemetry is switched off.
+``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``. A URI that cannot work (a remote server that does
+not answer or is not MLflow, a scheme MLflow does not know) gives a warning and the local store instead, so a run is
+never lost to the network or a typo. Telemetry is switched off.
 """
 
 from __future__ import annotations
@@ -27,23 +28,48 @@ def local_store_uri(output_root: str | Path) -> str:
     return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
 
 
-def _server_answers(uri: str, timeout: float = 3.0) -> bool:
+# what MLflow's tracking store registry accepts (a path without a scheme is a file store)
+KNOWN_SCHEMES = {"file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
+
+
+def _server_problem(uri: str, timeout: float = 3.0) -> str | None:
+    """None when an MLflow tracking server answers at ``uri``; else what is wrong (no answer, not MLflow)."""
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
-        return True
-    except urllib.error.HTTPError:
-        return True  # it answered, even if not with 200
-    except Exception:
-        return False
+        with urllib.request.urlopen(probe, timeout=timeout) as resp:
+            body = resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return None  # a server that wants credentials (MLFLOW_TRACKING_TOKEN / _USERNAME): let MLflow use them
+        return f"answers HTTP {exc.code} on the MLflow REST API, so it is not an MLflow tracking server"
+    except Exception as exc:
+        return f"does not answer ({type(exc).__name__})"
+    try:
+        import json
+
+        json.loads(body)
+    except ValueError:
+        return "answers, but not with MLflow's JSON: it is not an MLflow tracking server"
+    return None
 
 
 def choose_uri(configured: str | None, output_root: str | Path) -> str:
+    """The tracking URI a run logs to: the configured one (or $MLFLOW_TRACKING_URI), unless it cannot work (a scheme
+    MLflow does not know, a server that does not answer or is not MLflow): then the local store, with a warning."""
+    from urllib.parse import urlparse
+
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return local_store_uri(output_root)
-    if uri.startswith(("http://", "https://")) and not _server_answers(uri):
+    scheme = urlparse(uri).scheme.split("+")[0].lower()
+    problem = None
+    if len(scheme) > 1 and scheme not in KNOWN_SCHEMES:  # one letter: a Windows drive, i.e. a path
+        problem = f"has a scheme MLflow does not know ({scheme!r}; known: {', '.join(sorted(KNOWN_SCHEMES))})"
+    elif scheme in ("http", "https"):
+        problem = _server_problem(uri)
+    if problem:
         fallback = local_store_uri(output_root)
-        warnings.warn(f"MLflow server {uri} does not answer; logging to the local store {fallback} instead")
+        warnings.warn(f"MLflow tracking URI {uri} {problem}; logging to the local store {fallback} instead")
         return fallback
     return uri
 

@@ -110,3 +110,78 @@ def test_a_failed_start_cleanup_never_touches_a_folder_holding_other_files(tmp_p
     with pytest.raises(RunExistsError):
         prepare_run_dir(fixed, folder, resume=False, overwrite=False)
     assert (folder / "config.yaml").read_text() == "mine" and (folder / "notes.txt").read_text() == "keep"
+
+
+def test_an_overlay_that_is_a_folder_or_not_text_is_named(tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ConfigError, match="adir is a folder, not a YAML config file"):
+        resolve_config("unet", "bbbc039", overlay=[tmp_path / "adir"])
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe\x00train: {}")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not a UTF-8 text file"):
+        resolve_config("unet", "bbbc039", overlay=[tmp_path / "bad.yaml"])
+
+
+@pytest.mark.parametrize("base, message", [
+    ("5", r"x.yaml: _base_ must be a card file name or a list of them"),
+    ("[poisson.yaml, 3]", r"x.yaml: _base_ must be a card file name"),
+    ("missing.yaml", r"x.yaml: _base_ 'missing.yaml' not found: neither .*missing.yaml nor a methods card"),
+])
+def test_a_bad_base_names_the_card_that_refers_to_it(tmp_path, monkeypatch, base, message):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "x.yaml").write_text(f"_base_: {base}\nname: x\nimpl: unet\n")
+    monkeypatch.setenv("BENCH_CARD_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("x", "bbbc039")
+
+
+def _serve(tmp_path, handler_body: bytes | None):
+    """A local HTTP server: 404 for everything (handler_body None) or that body for every GET."""
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if handler_body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(handler_body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+@pytest.mark.parametrize("kind", ["garbage", "not_mlflow", "html"])
+def test_a_tracking_uri_that_cannot_work_falls_back_to_the_local_store_with_a_warning(tmp_path, kind):
+    from bench.tracking import choose_uri, local_store_uri
+
+    srv = None
+    if kind == "garbage":
+        uri = "garbage:::///x"
+    else:
+        srv, uri = _serve(tmp_path, None if kind == "not_mlflow" else b"<html>hello</html>")
+    try:
+        with pytest.warns(UserWarning, match="logging to the local store"):
+            assert choose_uri(uri, tmp_path) == local_store_uri(tmp_path)
+    finally:
+        if srv:
+            srv.shutdown()
+
+
+def test_a_tracking_server_that_speaks_mlflow_is_kept(tmp_path, recwarn):
+    from bench.tracking import choose_uri
+
+    srv, uri = _serve(tmp_path, b'{"experiments": []}')
+    try:
+        assert choose_uri(uri, tmp_path) == uri
+        assert choose_uri("file:///tmp/x", tmp_path) == "file:///tmp/x"
+        assert choose_uri(str(tmp_path / "mlruns"), tmp_path) == str(tmp_path / "mlruns")
+    finally:
+        srv.shutdown()
+    assert not [w for w in recwarn if "local store" in str(w.message)]
