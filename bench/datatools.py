@@ -301,6 +301,9 @@ def check_dataset(
             if smp.image.ndim != card.ndim + 1 or smp.image.shape[0] != card.channels:
                 errors.append(f"[{s}] {where}: image shape {smp.image.shape}, the card says {card.channels} "
                               f"channel(s) and {card.ndim}D")
+            bad_px = int(np.size(smp.image) - np.isfinite(smp.image).sum())
+            if bad_px:  # normalisation and every loss would turn them into NaN
+                errors.append(f"[{s}] {where}: {bad_px} NaN/inf pixel(s) in the image")
             if smp.label is None:
                 errors.append(f"[{s}] {where}: missing label")
                 continue

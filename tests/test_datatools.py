@@ -284,6 +284,27 @@ def test_broken_negative_label(broken):
     assert len(errs) == 1 and f"labels/{stems[0]}.tif" in errs[0]
 
 
+def test_broken_rgb_label_is_named_as_rgb(broken):
+    root, ds, stems, card = broken
+    lab = bbbc_crops(1)[0][2]
+    grey = np.stack([lab.astype(np.uint8)] * 3, -1)  # a grey label saved as RGB: read as its one channel
+    iio.imwrite(ds / "labels" / f"{stems[1]}.png", grey)
+    np.testing.assert_array_equal(open_reader(load_dataset_card(card), root).load(stems[1]).label, lab)
+    rgb = np.stack([(lab * 37) % 256, (lab * 91) % 256, (lab * 11) % 256], -1).astype(np.uint8)  # colour-coded
+    iio.imwrite(ds / "labels" / f"{stems[0]}.png", rgb)
+    errs = _problems(root, card)
+    assert len(errs) == 1 and f"{stems[0]}.png" in errs[0] and "an RGB(A) image with colours" in errs[0]
+
+
+def test_broken_nan_pixels_in_an_image_are_flagged(broken):
+    root, ds, stems, card = broken
+    img = tifffile.imread(ds / "images" / f"{stems[1]}.tif").astype(np.float32)
+    img[3:5, 3:5] = np.nan
+    tifffile.imwrite(ds / "images" / f"{stems[1]}.tif", img)
+    errs = _problems(root, card)
+    assert len(errs) == 1 and f"images/{stems[1]}.tif" in errs[0] and "4 NaN/inf pixel(s)" in errs[0]
+
+
 def test_broken_corrupt_image(broken):
     root, ds, stems, card = broken
     (ds / "images" / f"{stems[3]}.tif").write_bytes(b"II*\x00 this is not a TIFF")

@@ -93,6 +93,14 @@ def to_label(
     arr = np.asarray(arr)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    if shape is not None and arr.ndim == len(shape) + 1 and arr.shape[-1] in (3, 4) and \
+            tuple(arr.shape[:-1]) == tuple(shape):
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            # one channel of a colour-coded mask would merge objects that differ in another: refuse, do not guess
+            raise DataError(f"label {path}: an RGB(A) image with colours (shape {tuple(arr.shape)}); a label image "
+                            "has one integer per pixel (instance id or class index): convert its colours to ids")
+        arr = rgb[..., 0]  # a grey label saved as RGB(A)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DataError(f"label {path}: dtype {arr.dtype} is not a label image (integers expected)")
     if np.issubdtype(arr.dtype, np.floating):

@@ -107,8 +107,6 @@ class Folder(DatasetReader):
         ndim, channels = self.card.ndim, self.card.channels
         raw, spacing = self._read(img_path, "image")
         lab, _ = self._read(lab_path, "label")
-        if lab.ndim == ndim + 1 and lab.shape[-1] in (3, 4):  # a label saved as RGB(A): channel 0
-            lab = lab[..., 0]
         image = to_image(raw, img_path, ndim, channels)
         label = to_label(lab, lab_path, num_classes=num_classes_of(self.card), shape=image.shape[1:],
                          image_path=img_path)
