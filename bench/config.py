@@ -102,6 +102,7 @@ class EvalConfig(Strict):
     save_predictions: bool = True
     tile_overlap: float = Field(0.25, ge=0, lt=1)
     boundary_tolerance: float = 2.0
+    verify_before_training: bool = True  # read every image of the eval split before training (a bad file fails now)
     calibrate: bool = True  # choose the card's `calibrate:` grid on the val split before the test split is scored
     calibrate_max_images: int | None = Field(None, ge=1)  # None: every val image
     calibrate_monitor: str | None = None  # the val metric calibration maximises; None: train.monitor's

@@ -208,6 +208,31 @@ def check_split(dataset: str, splits: dict[str, list[str]], split: str) -> None:
                           f"have {sorted(k for k, v in splits.items() if v)} or 'all'")
 
 
+def method_trains(cfg: RunConfig) -> bool:
+    return METHODS.get(cfg.method.impl).trainable and cfg.train.epochs > 0
+
+
+def verify_images(cfg: RunConfig, reader: DatasetReader, ids: list[str], split: str) -> None:
+    """Read every image of a split and its label (nnU-Net's integrity check): a corrupt, missing or mis-shaped test
+    file fails before training, naming the file, instead of after it with half the predictions written."""
+    problems = []
+    for sid in ids:
+        try:
+            s = reader.load(sid)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        if s.label is None:
+            problems.append(f"image {sid!r} of split {split!r} has no label")
+        elif not np.isfinite(s.image).all():
+            problems.append(f"{s.meta.get('image_path', sid)}: NaN/inf pixels in the image")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise DataError(f"dataset {cfg.dataset.name!r}, split {split!r}: {len(problems)} image(s) cannot be scored, "
+                        f"found before training: " + "; ".join(problems[:5]) + more +
+                        " (`bench data check` lists them all)")
+
+
 def preflight(cfg: RunConfig) -> None:
     """Config checks that need the registries, made before a run folder is touched (so a typo costs seconds)."""
     from .metrics import emits_key
@@ -317,6 +342,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     _write_json(files.splits, splits)
     if evaluate_test and cfg.eval_dataset is None:  # a typo in eval.split fails now, not after training
         check_split(cfg.dataset.name, splits, cfg.eval.split)
+        if cfg.eval.verify_before_training and method_trains(cfg):
+            verify_images(cfg, reader, splits[cfg.eval.split][: cfg.eval.max_images or None], cfg.eval.split)
 
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = select_device(cfg.train.device)

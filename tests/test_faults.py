@@ -185,3 +185,25 @@ def test_a_tracking_server_that_speaks_mlflow_is_kept(tmp_path, recwarn):
     finally:
         srv.shutdown()
     assert not [w for w in recwarn if "local store" in str(w.message)]
+
+
+def test_a_corrupt_test_image_fails_before_training_naming_the_file(tmp_path):
+    import json
+
+    from _dataset_fixtures import folder_card, make_folder
+
+    from bench.data import DataError
+
+    stems = make_folder(tmp_path / "mine", n=6, images="images", labels="labels")
+    (tmp_path / "mine" / "split.json").write_text(json.dumps({"train": stems[:4], "val": stems[4:5],
+                                                              "test": stems[5:]}))
+    card = folder_card(tmp_path / "cards" / "mine.yaml", "mine", splits={"kind": "official"},
+                       params={"split_file": "split.json"})
+    bad = tmp_path / "mine" / "images" / f"{stems[5]}.tif"
+    bad.write_bytes(b"II*\x00 not a TIFF any more")
+    cfg = resolve_config("unet", str(card), overrides=[
+        "tracking.enabled=false", f"output_root={tmp_path / 'runs'}", f"data_root={tmp_path}", "train.epochs=1",
+        "train.steps_per_epoch=1", "train.batch_size=1", "train.patch_size=[64,64]"])
+    with pytest.raises(DataError, match=rf"split 'test': 1 image\(s\) cannot be scored, found before training.*{bad}"):
+        run(cfg, progress=False)
+    assert not (cfg.run_dir() / "checkpoints").exists()
