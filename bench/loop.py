@@ -270,10 +270,15 @@ class FitContext:
                 try:
                     logs = method.train_step(batch)
                 except NonFiniteLossError as exc:
+                    kept = (f"The last good checkpoint ({last_path}, epoch {state['epoch']}) is kept."
+                            if last_path.exists() else
+                            "No checkpoint was written yet (it failed in the first epoch): check the inputs with "
+                            f"`bench data check {cfg.dataset.name}`.")
                     raise NonFiniteLossError(
-                        f"{exc} at {label}epoch {epoch + 1}, step {step + 1}; the run stopped. The last good "
-                        f"checkpoint ({last_path}, epoch {state['epoch']}) is kept: lower train.lr or set "
-                        "train.grad_clip, then `bench run ... --resume`."
+                        f"{exc} at {label}epoch {epoch + 1}, step {step + 1}; the run stopped. {kept} Run it again "
+                        "with a lower train.lr or with train.grad_clip (e.g. --set train.grad_clip=1.0); a changed "
+                        "config is a new run, so add --overwrite (the failed run is kept until the new one has "
+                        "results) or --tag NAME."
                     ) from None
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -261,8 +261,19 @@ def _failed_start(run_dir: Path) -> bool:
     return "config.yaml" in names and names <= _START_FILES and read_status(run_dir).get("state") != "running"
 
 
+def replaced_path(run_dir: Path) -> Path:
+    """Where `--overwrite` keeps the run it replaces until the new one has results."""
+    return run_dir.parent / f".{run_dir.name}.replaced"
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() or (path / STATUS_FILE).is_file()
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
-    """Returns True when resuming. Refuses to clobber earlier results."""
+    """Returns True when resuming. Refuses to clobber earlier results: `overwrite` replaces only a run folder, and
+    moves it aside (`replaced_path`) instead of deleting it; `run` deletes it once the new run has finished and
+    puts it back if the new run fails."""
     if run_dir.exists() and any(run_dir.iterdir()) and _failed_start(run_dir):
         # only the start files are removed, so a folder that holds anything else is never touched
         log.warning("%s holds a run that failed before its first checkpoint; starting it again", run_dir)
@@ -271,7 +282,15 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: b
     if run_dir.exists() and any(run_dir.iterdir()):
         status = read_status(run_dir).get("state", "unknown")
         if overwrite:
-            shutil.rmtree(run_dir)
+            if not is_run_folder(run_dir):
+                raise RunExistsError(f"--overwrite: {run_dir} is not a run folder (no {CONFIG_FILE} or {STATUS_FILE}) "
+                                     "and holds other files; refusing to delete it. Choose another --run-dir.")
+            backup = replaced_path(run_dir)
+            if backup.exists():  # left by a replacement that was killed: the run in run_dir is the newer one
+                shutil.rmtree(backup)
+            run_dir.rename(backup)
+            run_dir.mkdir(parents=True)
+            return False
         elif resume:
             saved = load_run_config(run_dir)
             if saved.config_hash() != cfg.config_hash():
@@ -313,8 +332,20 @@ def run(
     # the same checkpoints (the lock sits beside the folder, so --overwrite can replace the folder under it)
     try:
         with file_lock(run_dir.parent / f".{run_dir.name}.lock", blocking=False, what=str(run_dir)):
-            return _run(cfg, run_dir, resume=resume, overwrite=overwrite, data_root=data_root, progress=progress,
-                        evaluate_test=evaluate_test, on_epoch=on_epoch, parent_run_id=parent_run_id)
+            backup = replaced_path(run_dir)
+            try:
+                result = _run(cfg, run_dir, resume=resume, overwrite=overwrite, data_root=data_root,
+                              progress=progress, evaluate_test=evaluate_test, on_epoch=on_epoch,
+                              parent_run_id=parent_run_id)
+            except BaseException:
+                if overwrite and backup.exists():  # the new run has no results: the replaced one comes back
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    backup.rename(run_dir)
+                    log.warning("the new run failed; %s holds the run it was to replace again", run_dir)
+                raise
+            if backup.exists():
+                shutil.rmtree(backup, ignore_errors=True)
+            return result
     except LockHeld as exc:
         raise RunExistsError(f"{exc}; wait for it to finish, or stop it first") from None
 
@@ -535,15 +566,36 @@ def reopen(run_dir: str | Path, data_root: str | None = None, device: str | None
 def evaluate_run(run_dir: str | Path, *, split: str | None = None, data_root: str | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a finished run on its test split (or another, into eval_<split>/), in its MLflow run."""
+    from .calibration import read as read_calibration
+
     run_dir = Path(run_dir)
     cfg, method = reopen(run_dir, data_root)
     reader = open_dataset(cfg, data_root)
     splits = json.loads(RunFiles(run_dir).splits.read_text())
     tracker = make_tracker(cfg)
     tracker.start("eval", read_status(run_dir).get("mlflow_run_id"))
+    complete = training_complete(cfg, run_dir)
+    if complete and read_calibration(run_dir) is None:  # killed before or during calibration: do what run does
+        calibrate_run(method, cfg, reader, splits, run_dir, tracker, progress=progress)
     summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress, split=split)
+    if complete and (split or cfg.eval.split) == cfg.eval.split and read_status(run_dir).get("state") != "finished":
+        # a run killed while it was being evaluated: its training was whole, and now so are its results
+        _update_status(run_dir, state="finished", finished=time.time(), error=None)
     tracker.end("FINISHED")
     return summary
+
+
+def training_complete(cfg: RunConfig, run_dir: Path) -> bool:
+    """Whether the run's final training loop ran to its end (all epochs, or early stopping)."""
+    if not method_trains(cfg):
+        return True
+    import torch
+
+    path = RunFiles(run_dir).checkpoint("last")
+    if not path.exists():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state") or {}
+    return state.get("stage") is None and (state.get("epoch", 0) >= cfg.train.epochs or bool(state.get("stopped_early")))
 
 
 def calibrate_finished_run(run_dir: str | Path, *, data_root: str | None = None, progress: bool = True) -> dict | None:

@@ -207,3 +207,68 @@ def test_a_corrupt_test_image_fails_before_training_naming_the_file(tmp_path):
     with pytest.raises(DataError, match=rf"split 'test': 1 image\(s\) cannot be scored, found before training.*{bad}"):
         run(cfg, progress=False)
     assert not (cfg.run_dir() / "checkpoints").exists()
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    cfg = resolve_config("classic_watershed", "bbbc039", overrides=["tracking.enabled=false",
+                                                                    f"output_root={tmp_path}", "eval.max_images=1"])
+    with pytest.raises(RunExistsError, match="is not a run folder .* refusing to delete it"):
+        run(cfg, run_dir=precious, overwrite=True, progress=False)
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_overwrite_keeps_the_old_results_until_the_new_run_has_its_own(tmp_path, monkeypatch):
+    import json
+
+    import bench.runner as runner
+
+    cfg = resolve_config("classic_watershed", "bbbc039", overrides=["tracking.enabled=false",
+                                                                    f"output_root={tmp_path}", "eval.max_images=1"])
+    first = run(cfg, progress=False)
+    before = json.loads((first.run_dir / "summary.json").read_text())
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "evaluate", disk_full)  # the replacing run dies before it has results
+    with pytest.raises(OSError, match="No space left"):
+        run(cfg, overwrite=True, progress=False)
+    assert json.loads((first.run_dir / "summary.json").read_text()) == before  # the old results are back
+    assert not runner.replaced_path(first.run_dir).exists()
+    monkeypatch.undo()
+    again = run(cfg, overwrite=True, progress=False)
+    assert again.summary["created"] > before["created"] and not runner.replaced_path(first.run_dir).exists()
+
+
+def test_a_run_killed_while_evaluating_ends_finished_after_bench_eval(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from bench.runner import evaluate_run, read_status
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = resolve_config("unet", "bbbc039", overrides=[
+        "tracking.enabled=false", f"output_root={tmp_path}", "train.epochs=2", "train.steps_per_epoch=1",
+        "train.batch_size=1", "train.patch_size=[64,64]", "train.val_max_images=1", "eval.max_images=1",
+        "eval.calibrate_max_images=1", "method.params.network={name: monai_unet, options: {_delete_: true, "
+        "channels: [8, 16], num_res_units: 0}}"])
+    rd = run(cfg, progress=False).run_dir
+    # as if killed during calibration / scoring: status still running, no calibration, no summary
+    status = json.loads((rd / "status.json").read_text())
+    (rd / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    (rd / "summary.json").unlink()
+    (rd / "calibration.json").unlink()
+    evaluate_run(rd, progress=False)
+    assert read_status(rd)["state"] == "finished"
+    assert (rd / "summary.json").exists() and (rd / "calibration.json").exists()  # what `bench run` would have done
+    # killed during training: `bench eval` scores the best checkpoint but the run is not called finished
+    ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=False)
+    ck["state"]["epoch"] = 1
+    torch.save(ck, rd / "checkpoints" / "last.pt")
+    (rd / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    evaluate_run(rd, progress=False)
+    assert read_status(rd)["state"] == "interrupted"

@@ -46,6 +46,14 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, na
     run_dir = cfg.run_dir()
     ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert ck["state"]["epoch"] == 1
+    # the advice works: the changed config runs again with --overwrite (here it fails the same way, being NaN)
+    fixed = resolve_config("unet", "bbbc039", overrides=FAST_RUN + [
+        "method.impl=nan_at_epoch2", "tracking.enabled=false", f"output_root={tmp_path}", "train.grad_clip=1.0"])
+    # (the NaN now comes at its first step: no checkpoint of the new run exists, and the message says so)
+    with pytest.raises(NonFiniteLossError, match=r"No checkpoint was written yet.*a changed config is a new run, "
+                                                 r"so add --overwrite"):
+        run(fixed, overwrite=True, progress=False)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["state"]["epoch"] == 1  # kept
     assert all(torch.isfinite(v).all() for v in ck["method"]["networks"]["net"].values() if v.is_floating_point())
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "failed" and "NonFiniteLossError" in status["error"]
