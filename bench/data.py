@@ -142,20 +142,37 @@ def make_splits(
     }
 
 
+def official_hash(official: dict[str, list[str]] | None) -> str | None:
+    """Hash of which image is in which official split (an edited split file changes it, the id list does not)."""
+    if not official:
+        return None
+    canon = {k: sorted(v) for k, v in sorted(official.items())}
+    return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:16]
+
+
+def _check_saved(path: Path, saved: dict, digest: str, official, what: str = "splits") -> None:
+    if saved.get("content_hash") != digest:
+        raise DataError(f"{path}: {what} were made for other data (hash {saved.get('content_hash')} != {digest}); "
+                        f"delete the file to make new {what}")
+    want = official_hash(official)
+    if saved.get("official_hash") and saved["official_hash"] != want:
+        raise DataError(f"{path}: the dataset's official split changed since these {what} were made (an edited split "
+                        "file?); the runs under this output root used the old one. Restore the split, or delete "
+                        f"{path} to use the new one and rerun those runs")
+
+
 def load_or_create_splits(path: Path, ids: list[str], official, *, seed: int = 0) -> dict[str, list[str]]:
-    """Persisted splits (nnU-Net style): created once, then read back; a changed dataset is refused."""
+    """Persisted splits (nnU-Net style): created once, then read back; changed data or an edited official split is
+    refused."""
     digest = content_hash(ids)
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("content_hash") != digest:
-            raise DataError(
-                f"{path}: splits were made for other data (hash {saved.get('content_hash')} != {digest}); "
-                "delete the file to make new splits"
-            )
+        _check_saved(path, saved, digest, official)
         return saved["splits"]
     splits = make_splits(ids, official, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"content_hash": digest, "seed": seed, "splits": splits}, indent=1))
+    path.write_text(json.dumps({"content_hash": digest, "official_hash": official_hash(official), "seed": seed,
+                                "splits": splits}, indent=1))
     return splits
 
 
@@ -170,8 +187,7 @@ def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int,
     digest = content_hash(ids)
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("content_hash") != digest:
-            raise DataError(f"{path}: folds were made for other data; delete the file to make new ones")
+        _check_saved(path, saved, digest, official, "folds")
         all_folds, test = saved["folds"], saved["test"]
     else:
         if official and official.get("test"):
@@ -187,7 +203,8 @@ def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int,
             return {"train": sorted(i for k, f in enumerate(all_folds) if k != fold for i in f), "val": val,
                     "test": test}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"content_hash": digest, "seed": seed, "test": test, "folds": all_folds}, indent=1))
+        path.write_text(json.dumps({"content_hash": digest, "official_hash": official_hash(official), "seed": seed,
+                                    "test": test, "folds": all_folds}, indent=1))
     val = all_folds[fold]
     train = sorted(i for k, f in enumerate(all_folds) if k != fold for i in f)
     return {"train": train, "val": val, "test": test}

@@ -272,3 +272,25 @@ def test_a_run_killed_while_evaluating_ends_finished_after_bench_eval(tmp_path, 
     (rd / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
     evaluate_run(rd, progress=False)
     assert read_status(rd)["state"] == "interrupted"
+
+
+def test_an_edited_official_split_is_detected_not_silently_replaced(tmp_path):
+    import json
+
+    from _dataset_fixtures import folder_card, make_folder
+
+    from bench.data import DataError
+    from bench.runner import dataset_splits, open_dataset
+
+    stems = make_folder(tmp_path / "mine", n=6)
+    split_file = tmp_path / "mine" / "split.json"
+    split_file.write_text(json.dumps({"train": stems[:4], "val": stems[4:5], "test": stems[5:]}))
+    card = folder_card(tmp_path / "cards" / "mine.yaml", "mine", splits={"kind": "official"},
+                       params={"split_file": "split.json"})
+    cfg = resolve_config("unet", str(card), overrides=[f"output_root={tmp_path / 'runs'}", f"data_root={tmp_path}"])
+    first = dataset_splits(cfg, open_dataset(cfg))
+    assert first["test"] == stems[5:]
+    assert dataset_splits(cfg, open_dataset(cfg)) == first  # unchanged: read back
+    split_file.write_text(json.dumps({"train": stems[1:5], "val": stems[5:], "test": stems[:1]}))  # same ids
+    with pytest.raises(DataError, match="official split changed since these splits were made"):
+        dataset_splits(cfg, open_dataset(cfg))
