@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,10 +137,13 @@ class Study:
         if tracker.enabled and not parent_id:
             parent_id = tracker.start(f"tune/{self.study_name}", tags={"study": self.study_name})
             study.set_user_attr("mlflow_parent_run_id", parent_id)
+        reap_stale_trials(study)
         while True:
             if _count(study, (TrialState.COMPLETE, TrialState.PRUNED)) >= n_trials:
                 break
             trial = study.ask()
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("pid", os.getpid())
             live = sorted(t.number for t in study.get_trials(deepcopy=False)
                           if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
             if live.index(trial.number) >= n_trials:  # another worker took the last place
@@ -230,6 +235,36 @@ class Study:
             except Exception as exc:  # importances need >= 2 complete trials with varied params
                 log.info("no %s figure: %s", name, exc)
         return out
+
+
+def reap_stale_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials of this host whose process is gone (killed with -9, or the machine rebooted), so
+    that they stop holding places of the trial budget. Trials of other hosts are left alone (their pids mean nothing
+    here). Returns the reaped trial numbers."""
+    from optuna.trial import TrialState
+
+    host, reaped = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "reaped", f"process {pid} is gone")
+        study.tell(t.number, state=TrialState.FAIL)
+        reaped.append(t.number)
+    if reaped:
+        log.warning("study %s: trials %s were left RUNNING by processes that no longer exist; marked FAIL",
+                    study.study_name, reaped)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _count(study, states) -> int:

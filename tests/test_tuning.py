@@ -77,3 +77,31 @@ def test_two_workers_share_one_storage(tmp_path):
 def test_overlay_from_dotted_keys():
     assert overlay_from({"train.lr": 0.1, "method.params.h": 0.2}) == {
         "train": {"lr": 0.1}, "method": {"params": {"h": 0.2}}}
+
+
+def test_a_trial_killed_with_kill_9_is_reaped_and_does_not_eat_the_budget(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from optuna.trial import TrialState
+
+    from bench.tuning import Study
+
+    study = Study("poisson", "bbbc039", overrides=[f"output_root={tmp_path}", "tracking.enabled=false"])
+    opt = study.load()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = opt.ask()  # as a worker leaves it when killed mid-trial: RUNNING, its pid gone
+    stale.set_user_attr("host", socket.gethostname())
+    stale.set_user_attr("pid", dead.pid)
+    alive = opt.ask()  # a trial of a live worker (this process) is not touched
+    alive.set_user_attr("host", socket.gethostname())
+    alive.set_user_attr("pid", __import__("os").getpid())
+    monkeypatch.setattr(Study, "_objective", lambda self, trial, parent: 0.5)
+    monkeypatch.setattr(Study, "write_outputs", lambda self, s=None: None)
+    study.optimize(3)
+    states = {t.number: t.state for t in study.load().get_trials()}
+    assert states[stale.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 2  # 3 places: the live trial holds one
+    assert "process" in study.load().trials[stale.number].user_attrs["reaped"]
