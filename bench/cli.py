@@ -47,6 +47,10 @@ def _guard(fn, *args, **kwargs):
         _fail(str(exc))
     except FloatingPointError as exc:  # NonFiniteLossError
         _fail(str(exc), code=3)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is kept, how to go on; the shell's code for SIGINT
+        _fail(f"interrupted{f' ({exc})' if str(exc) else ''}. Finished runs, checkpoints and finished trials are kept: "
+              "the same command continues (bench run: add --resume; sweeps skip finished runs and resume the "
+              "interrupted one; a study counts only its finished trials).", code=130)
 
 
 @app.command("list")

@@ -156,7 +156,8 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
             run(cfg, resume=resume, data_root=data_root, progress=progress)
             report["resumed" if resume else "ran"].append(key)
         except KeyboardInterrupt:
-            raise
+            done = len(report["ran"]) + len(report["resumed"]) + len(report["skipped"])
+            raise KeyboardInterrupt(f"sweep stopped in {key}; {done} of {len(plan)} runs finished") from None
         except Exception as exc:  # one broken combination must not stop the sweep
             log.error("%s failed: %s", key, exc)
             report["failed"].append((key, f"{type(exc).__name__}: {exc}"))

@@ -294,3 +294,54 @@ def test_an_edited_official_split_is_detected_not_silently_replaced(tmp_path):
     split_file.write_text(json.dumps({"train": stems[1:5], "val": stems[5:], "test": stems[:1]}))  # same ids
     with pytest.raises(DataError, match="official split changed since these splits were made"):
         dataset_splits(cfg, open_dataset(cfg))
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_finished_runs_and_the_same_command_continues(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import bench.runner as runner
+    from bench.cli import app
+
+    real_run, calls = runner.run, []
+
+    def run_then_ctrl_c(cfg, **kw):
+        calls.append(cfg.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(cfg, **kw)
+
+    monkeypatch.setattr(runner, "run", run_then_ctrl_c)
+    args = ["sweep", "--methods", "classic_watershed", "--datasets", "bbbc039", "--seeds", "0,1", "-q",
+            "--set", f"output_root={tmp_path}", "--set", "tracking.enabled=false", "--set", "eval.max_images=1"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 130, out.output
+    assert "interrupted (sweep stopped in classic_watershed/bbbc039/seed1; 1 of 2 runs finished)" in out.output
+    assert "the same command continues" in out.output
+    assert (tmp_path / "bbbc039" / "classic_watershed" / "seed0" / "summary.json").exists()
+    monkeypatch.setattr(runner, "run", real_run)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "ran 1, resumed 0, skipped 1" in again.output
+
+
+def test_ctrl_c_in_a_study_fails_only_the_trial_it_hit_and_the_study_continues(tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    from bench.tuning import Study
+
+    study = Study("poisson", "bbbc039", overrides=[f"output_root={tmp_path}", "tracking.enabled=false"])
+    calls = []
+
+    def objective(self, trial, parent):
+        calls.append(trial.number)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0.5
+
+    monkeypatch.setattr(Study, "_objective", objective)
+    monkeypatch.setattr(Study, "write_outputs", lambda self, s=None: None)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(3)
+    states = [t.state for t in study.load().get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    study.optimize(3)
+    assert [t.state for t in study.load().get_trials()].count(TrialState.COMPLETE) == 3
