@@ -77,6 +77,10 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     except BaseException:
         try:
+            os.truncate(tmp, 0)  # frees the blocks now, even while a writer's handle is still open (disk full)
+        except OSError:
+            pass
+        try:
             os.unlink(tmp)
         except OSError:
             pass

@@ -47,6 +47,15 @@ def _guard(fn, *args, **kwargs):
         _fail(str(exc))
     except FloatingPointError as exc:  # NonFiniteLossError
         _fail(str(exc), code=3)
+    except OSError as exc:  # disk full, permissions, a folder that vanished: say which file, keep the traceback out
+        import errno
+
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = ""
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            hint = (". The disk is full: the last complete checkpoint and every finished result are kept; free space "
+                    "(or set output_root elsewhere) and run the same command with --resume")
+        _fail(f"{exc.strerror or exc}{where}{hint}", code=4)
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is kept, how to go on; the shell's code for SIGINT
         _fail(f"interrupted{f' ({exc})' if str(exc) else ''}. Finished runs, checkpoints and finished trials are kept: "
               "the same command continues (bench run: add --resume; sweeps skip finished runs and resume the "

@@ -41,7 +41,21 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
     from .cache import atomic_write
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # our handle, closed even when torch.save fails half-way (disk full)
+            torch.save(obj, fh)
+
+    try:
+        atomic_write(path, write)
+    except RuntimeError as exc:  # torch's zip writer reports a full disk as "unexpected pos"; say what it is
+        import errno
+
+        cause = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
 
 
 def progress_bar(it, enabled: bool, desc: str):

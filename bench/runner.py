@@ -418,7 +418,10 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         if type(exc).__name__ == "TrialPruned":
             state = "pruned"
-        _update_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        try:
+            _update_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        except OSError as status_exc:  # e.g. the disk is still full: the original error is the one to report
+            log.warning("could not record the %s state in %s: %s", state, run_dir, status_exc)
         tracker.end({"interrupted": "KILLED", "pruned": "KILLED"}.get(state, "FAILED"))
         raise
     _update_status(run_dir, state="finished", finished=time.time(), error=None, best_value=best)

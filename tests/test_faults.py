@@ -345,3 +345,44 @@ def test_ctrl_c_in_a_study_fails_only_the_trial_it_hit_and_the_study_continues(t
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
     study.optimize(3)
     assert [t.state for t in study.load().get_trials()].count(TrialState.COMPLETE) == 3
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 400 KB tmpfs (needs root: skipped elsewhere); remount it larger with ``grow()``."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=512m", str(mnt)], check=True)  # the UNet's checkpoints
+
+    yield mnt, grow
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_fails_cleanly_and_the_run_resumes_once_there_is_space(tmp_path, small_tmpfs, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.runner import read_status
+
+    mnt, grow = small_tmpfs
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["run", "-m", "unet", "-d", "bbbc039", "-q", "--set", f"output_root={mnt}", "--set", "tracking.enabled=false",
+            "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1", "--set", "train.batch_size=1",
+            "--set", "train.patch_size=[64,64]", "--set", "train.val_max_images=1", "--set", "eval.max_images=1",
+            "--set", "eval.calibrate=false", "--set", "eval.overlays=0"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 4, out.output
+    assert "No space left on device" in out.output and "The disk is full" in out.output and "--resume" in out.output
+    run_dir = mnt / "bbbc039" / "unet" / "seed0"
+    assert read_status(run_dir)["state"] == "failed"
+    assert not list(mnt.rglob("*.tmp"))  # no half-written checkpoint left behind
+    grow()
+    again = CliRunner().invoke(app, args + ["--resume"])
+    assert again.exit_code == 0, again.output
+    assert read_status(run_dir)["state"] == "finished" and (run_dir / "summary.json").exists()
