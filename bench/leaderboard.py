@@ -472,6 +472,14 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
                 formats: list[str] = ("md",), metrics: list[str] | None = None, methods: list[str] | None = None,
                 reported: str | Path | None = None, command: str | None = None, log_mlflow: bool = True,
                 n_boot: int = 2000, note: str | None = None, baseline: str | None = None) -> dict[str, Path]:
+    from .config import ConfigError, check_name
+
+    try:  # the dataset names the output files: no separators, no '..'
+        check_name(dataset, "dataset name")
+        for m in methods or []:
+            check_name(m, "method name")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     rows, metrics, task = build_rows(output_root, dataset, metrics, methods, n_boot)
     if reported:
         rows += reported_rows(reported, metrics)

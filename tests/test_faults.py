@@ -386,3 +386,12 @@ def test_a_full_disk_fails_cleanly_and_the_run_resumes_once_there_is_space(tmp_p
     again = CliRunner().invoke(app, args + ["--resume"])
     assert again.exit_code == 0, again.output
     assert read_status(run_dir)["state"] == "finished" and (run_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize("dataset, methods", [("../x", None), ("a/b", None), ("bbbc039", ["../unet"])])
+def test_leaderboard_names_cannot_reach_outside_the_output_folders(tmp_path, dataset, methods):
+    from bench.leaderboard import leaderboard
+
+    with pytest.raises(ConfigError, match="may hold letters, digits"):
+        leaderboard(dataset, output_root=tmp_path, out_dir=tmp_path / "lb", methods=methods, log_mlflow=False)
+    assert not (tmp_path / "lb").exists()
