@@ -286,9 +286,13 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: b
                 raise RunExistsError(f"--overwrite: {run_dir} is not a run folder (no {CONFIG_FILE} or {STATUS_FILE}) "
                                      "and holds other files; refusing to delete it. Choose another --run-dir.")
             backup = replaced_path(run_dir)
-            if backup.exists():  # left by a replacement that was killed: the run in run_dir is the newer one
-                shutil.rmtree(backup)
-            run_dir.rename(backup)
+            if backup.exists() and status != "finished":
+                # a replacement was killed before it had results: the backup holds the last results; keep them
+                shutil.rmtree(run_dir)
+            else:
+                if backup.exists():  # killed just after it finished: run_dir holds the newer results
+                    shutil.rmtree(backup)
+                run_dir.rename(backup)
             run_dir.mkdir(parents=True)
             return False
         elif resume:

@@ -395,3 +395,23 @@ def test_leaderboard_names_cannot_reach_outside_the_output_folders(tmp_path, dat
     with pytest.raises(ConfigError, match="may hold letters, digits"):
         leaderboard(dataset, output_root=tmp_path, out_dir=tmp_path / "lb", methods=methods, log_mlflow=False)
     assert not (tmp_path / "lb").exists()
+
+
+def test_overwrite_after_a_killed_replacement_keeps_the_last_results(tmp_path):
+    import json
+    import shutil
+
+    from bench.runner import replaced_path
+
+    cfg = resolve_config("classic_watershed", "bbbc039", overrides=["tracking.enabled=false",
+                                                                    f"output_root={tmp_path}", "eval.max_images=1"])
+    rd = run(cfg, progress=False).run_dir
+    before = json.loads((rd / "summary.json").read_text())
+    # as a `--overwrite` killed with -9 mid-run leaves it: the old run aside, a partial new one in place
+    shutil.copytree(rd, replaced_path(rd))
+    (rd / "summary.json").unlink()
+    (rd / "status.json").write_text(json.dumps({"state": "running"}))
+    prepare_run_dir(cfg, rd, resume=False, overwrite=True)
+    assert json.loads((replaced_path(rd) / "summary.json").read_text()) == before  # still kept aside
+    shutil.rmtree(rd)
+    replaced_path(rd).rename(rd)
