@@ -112,12 +112,15 @@ class Study:
         storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=_engine_kwargs(self.storage_url))
         pruner = self.pruner or optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
                                                             n_warmup_steps=self.n_warmup_steps)
-        from .runner import monitor_mode
+        from .runner import monitor_mode, monitor_name
 
         direction = "maximize" if monitor_mode(self.base) == "max" else "minimize"
-        return optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
-                                   pruner=pruner, sampler=optuna.samplers.TPESampler(seed=None),
-                                   load_if_exists=True)
+        study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
+                                    pruner=pruner, sampler=optuna.samplers.TPESampler(seed=None),
+                                    load_if_exists=True)
+        if study.metric_names is None:  # optuna-dashboard and trials.csv then name the value
+            study.set_metric_names([f"val/{monitor_name(self.base)}"])
+        return study
 
     # -- one worker ----------------------------------------------------------------------------
     def optimize(self, n_trials: int, progress: bool = False) -> None:
@@ -160,6 +163,9 @@ class Study:
                 raise
             study.tell(trial, value)
         self.write_outputs(study)
+        if tracker.enabled and parent_id and _count(study, (TrialState.RUNNING,)) == 0:
+            tracker.run_id = parent_id  # the study's parent run ends with the study (no worker left running)
+            tracker.end("FINISHED")
 
     def _objective(self, trial, parent_id: str | None) -> float:
         import optuna
@@ -198,8 +204,10 @@ class Study:
             return None
         best = study.best_trial
         overlay = overlay_from(best.params)
+        from .runner import monitor_name
+
         header = (f"# best of {len(done)} complete trials of study {self.study_name!r} "
-                  f"(trial {best.number}, validation {self.base.train.monitor or 'monitor'} = {best.value:.4f})\n"
+                  f"(trial {best.number}, validation {monitor_name(self.base)} = {best.value:.4f})\n"
                   f"# use: bench run --method {self.method} --dataset {self.dataset} --config {self.best_overlay_path()}\n")
         self.best_overlay_path().write_text(header + yaml.safe_dump(overlay, sort_keys=False))
         study.trials_dataframe().to_csv(self.folder / "trials.csv", index=False)

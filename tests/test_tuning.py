@@ -64,6 +64,9 @@ def test_interrupted_study_resumes_without_losing_or_repeating(tmp_path, monkeyp
     exp = client.get_experiment_by_name("bbbc039")
     kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(kids) >= 4
+    assert client.get_run(parent).info.status == "FINISHED"  # the parent ends with the study
+    assert again.load().metric_names == ["val/f1@0.50"]  # the study names its value
+    assert "validation f1@0.50 = " in again.best_overlay_path().read_text()
 
 
 def test_two_workers_share_one_storage(tmp_path):
