@@ -415,3 +415,28 @@ def test_overwrite_after_a_killed_replacement_keeps_the_last_results(tmp_path):
     assert json.loads((replaced_path(rd) / "summary.json").read_text()) == before  # still kept aside
     shutil.rmtree(rd)
     replaced_path(rd).rename(rd)
+
+
+def test_a_sweep_with_an_unknown_method_fails_before_anything_trains(tmp_path):
+    from bench.registry import RegistryError
+    from bench.results import sweep
+
+    with pytest.raises((ConfigError, RegistryError), match="unknown method 'unett'"):
+        sweep(["classic_watershed", "unett"], ["bbbc039"], [0], overrides=[f"output_root={tmp_path}"])
+    assert not (tmp_path / "bbbc039").exists()
+
+
+def test_an_empty_test_split_fails_before_training(tmp_path):
+    import json
+
+    from _dataset_fixtures import folder_card, make_folder
+
+    stems = make_folder(tmp_path / "mine", n=5)
+    (tmp_path / "mine" / "split.json").write_text(json.dumps({"train": stems[:4], "val": stems[4:], "test": []}))
+    card = folder_card(tmp_path / "cards" / "mine.yaml", "mine", splits={"kind": "official"},
+                       params={"split_file": "split.json"})
+    cfg = resolve_config("unet", str(card), overrides=["tracking.enabled=false", f"output_root={tmp_path / 'runs'}",
+                                                        f"data_root={tmp_path}", "train.epochs=1"])
+    with pytest.raises(ConfigError, match="eval.split 'test': dataset 'mine' has no such split \\(or it is empty\\)"):
+        run(cfg, progress=False)
+    assert not (cfg.run_dir() / "checkpoints").exists()
