@@ -622,6 +622,19 @@ def calibrate_finished_run(run_dir: str | Path, *, data_root: str | None = None,
     return record
 
 
+def load_trained(run_dir: str | Path, *, data_root: str | None = None, device: str | None = None):
+    """(config, method) of a finished run, as it predicts: its evaluated checkpoint and calibrated post-processing.
+    What `bench predict` uses, and what a method built on another run's predictions loads."""
+    from .calibration import apply
+
+    run_dir = Path(run_dir)
+    cfg, method = reopen(run_dir, data_root, device)
+    if method.trainable and cfg.train.epochs > 0:
+        load_checkpoint(method, run_dir, cfg.eval.checkpoint)
+    apply(method, run_dir)
+    return cfg, method
+
+
 def output_stem(path: Path) -> str:
     """A file name without its image suffix only (``plate1.A01.tif -> plate1.A01``, ``x.nii.gz -> x``)."""
     from .imageio_utils import IMAGE_SUFFIXES
@@ -662,12 +675,7 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
         if dest in dests:
             raise DataError(f"{dests[dest].name} and {f.name} would both be written to {dest}; rename one")
         dests[dest] = f
-    cfg, method = reopen(run_dir)
-    if method.trainable and cfg.train.epochs > 0:
-        load_checkpoint(method, Path(run_dir), cfg.eval.checkpoint)
-    from .calibration import apply
-
-    apply(method, Path(run_dir))
+    cfg, method = load_trained(run_dir)
     out = []
     for dest, f in progress_bar(list(dests.items()), progress, "predicting"):
         raw, spacing = read_image(f, with_spacing=True)
