@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,7 @@ def calibrate(method: "Method", cfg: "RunConfig", reader: "DatasetReader", split
     from .cache import atomic_write_text
     from .loop import progress_bar
     from .metrics import evaluate_image, higher_is_better, summarize
-    from .runner import metric_context, monitor_name
+    from .runner import metric_context, monitor_mode, monitor_name
 
     grid = {k: v for k, v in check_grid(cfg).items() if k in method.calibratable()}
     ids = list(splits.get("val") or [])[: cfg.eval.calibrate_max_images or None]
@@ -109,7 +110,7 @@ def calibrate(method: "Method", cfg: "RunConfig", reader: "DatasetReader", split
     if not ids:
         log.warning("no val split: the post-processing of %s stays at the card's values", cfg.method.name)
         return None
-    monitor = cfg.eval.calibrate_monitor or monitor_name(cfg)
+    monitor = calibration_monitor(cfg, method)
     t0 = time.time()
     raws = []
     for sid in progress_bar(ids, progress, "calibrating: predicting val"):
@@ -120,16 +121,20 @@ def calibrate(method: "Method", cfg: "RunConfig", reader: "DatasetReader", split
         raw = method.predict_raw(method.normalize(s.image), cfg.train.patch_size, cfg.eval.tile_overlap,
                                  meta={"spacing": s.spacing, "id": sid})
         raws.append((sid, raw, s.label, metric_context(cfg, s.spacing, s.partial)))
-    sign = 1 if higher_is_better(monitor) else -1
+    if not cfg.eval.calibrate_monitor and monitor == monitor_name(cfg):
+        sign = 1 if monitor_mode(cfg) == "max" else -1  # the training monitor's direction, as the config states it
+    else:
+        sign = 1 if higher_is_better(monitor) else -1
+    wanted = [monitor.split("/")[0].removesuffix("_pooled")]  # the row whose values the summary key is made of
     base = method.params
 
     def score(point: dict) -> float | None:
         method.params = base.model_copy(update=point)
         rows = []
         for sid, raw, label, mctx in raws:
-            rows += [{"image": sid, **r} for r in evaluate_image(method.postprocess(raw), label, mctx, [monitor])]
+            rows += [{"image": sid, **r} for r in evaluate_image(method.postprocess(raw), label, mctx, wanted)]
         value = summarize(pd.DataFrame(rows)).get(monitor) if rows else None
-        return None if value is None else sign * value
+        return None if value is None or not math.isfinite(value) else sign * value
 
     try:
         results = coordinate_search(score, base.model_dump(), grid)
@@ -150,6 +155,18 @@ def calibrate(method: "Method", cfg: "RunConfig", reader: "DatasetReader", split
     return record
 
 
+def calibration_monitor(cfg: "RunConfig", method: "Method | None" = None) -> str:
+    """The val metric calibration maximises: eval.calibrate_monitor, else the training monitor; a loss (train/...)
+    says nothing about post-processing, so then the method's (or the task's) default metric."""
+    from .runner import monitor_name
+
+    monitor = cfg.eval.calibrate_monitor or monitor_name(cfg)
+    if monitor.startswith("train/"):
+        default = method.monitor if method is not None else None
+        monitor = default or ("f1@0.50" if cfg.dataset.task == "instance" else "dice")
+    return monitor
+
+
 def read(run_dir: Path) -> dict | None:
     p = Path(run_dir) / FILE
     return json.loads(p.read_text()) if p.exists() else None
@@ -160,5 +177,6 @@ def apply(method: "Method", run_dir: Path) -> dict | None:
     record = read(run_dir)
     if record:
         method.params = method.params.model_copy(update=record["chosen"]["params"])
+        method.calibrated = dict(record["chosen"]["params"])  # what a run built on this one records
         return record["chosen"]["params"]
     return None

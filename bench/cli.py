@@ -54,7 +54,7 @@ def _guard(fn, *args, **kwargs):
         hint = ""
         if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
             hint = (". The disk is full: the last complete checkpoint and every finished result are kept; free space "
-                    "(or set output_root elsewhere) and run the same command with --resume")
+                    "(or set output_root elsewhere) and run the same command again (bench run: with --resume)")
         _fail(f"{exc.strerror or exc}{where}{hint}", code=4)
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is kept, how to go on; the shell's code for SIGINT
         _fail(f"interrupted{f' ({exc})' if str(exc) else ''}. Finished runs, checkpoints and finished trials are kept: "
@@ -173,7 +173,8 @@ def calibrate(
 
         rec = calibrate_finished_run(run_dir, data_root=str(data_root) if data_root else None, progress=not quiet)
         if rec is None:
-            _fail(f"{run_dir}: nothing calibrated (no val split, or no val image gives the monitored metric)")
+            _fail(f"{run_dir}: nothing calibrated: no val split, none of the grid's parameters applies to this data "
+                  "(e.g. a semantic UNet's argmax), or no val image gives the monitored metric")
         d = rec["default"]
         typer.echo(f"{rec['monitor']} on {rec['images']} val images: card's values {d['params']} -> {d['value']:.4f}; "
                    f"chosen {rec['chosen']['params']} -> {rec['chosen']['value']:.4f} (written to "

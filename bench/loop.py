@@ -323,6 +323,7 @@ class FitContext:
             elif value is not None:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch + 1
+            state["planned_epochs"] = tc.epochs  # what "complete" means for this loop (bench eval reads it)
             state["history"].append(row)
             stop = bool(tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience)
             state["stopped_early"] = stop

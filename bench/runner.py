@@ -6,6 +6,7 @@ It knows no method and no dataset by name; it talks to `Method` and `DatasetRead
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -267,10 +268,18 @@ def replaced_path(run_dir: Path) -> Path:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() or (path / STATUS_FILE).is_file()
+    """A folder a run wrote: its status.json, or a config.yaml that is a run's config (not any project's)."""
+    if (path / STATUS_FILE).is_file():
+        return True
+    try:
+        load_run_config(path)
+        return True
+    except Exception:
+        return False
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool,
+                    outcome: dict | None = None) -> bool:
     """Returns True when resuming. Refuses to clobber earlier results: `overwrite` replaces only a run folder, and
     moves it aside (`replaced_path`) instead of deleting it; `run` deletes it once the new run has finished and
     puts it back if the new run fails."""
@@ -283,9 +292,11 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: b
         status = read_status(run_dir).get("state", "unknown")
         if overwrite:
             if not is_run_folder(run_dir):
-                raise RunExistsError(f"--overwrite: {run_dir} is not a run folder (no {CONFIG_FILE} or {STATUS_FILE}) "
+                raise RunExistsError(f"--overwrite: {run_dir} is not a run folder (no {STATUS_FILE}, no run's {CONFIG_FILE}) "
                                      "and holds other files; refusing to delete it. Choose another --run-dir.")
             backup = replaced_path(run_dir)
+            if outcome is not None:
+                outcome["backup"] = backup  # this call owns the backup: run() restores or removes it
             if backup.exists() and status != "finished":
                 # a replacement was killed before it had results: the backup holds the last results; keep them
                 shutil.rmtree(run_dir)
@@ -329,33 +340,43 @@ def run(
     `on_epoch(epoch, value)` is called after each validated epoch with the monitor value (tuning uses it to
     report to Optuna and prune). With `evaluate_test=False` the test split is never touched.
     """
+    run_dir = Path(run_dir) if run_dir else cfg.run_dir()
+    with run_folder_lock(run_dir):
+        outcome: dict = {}
+        try:
+            result = _run(cfg, run_dir, resume=resume, overwrite=overwrite, data_root=data_root,
+                          progress=progress, evaluate_test=evaluate_test, on_epoch=on_epoch,
+                          parent_run_id=parent_run_id, outcome=outcome)
+        except BaseException:
+            backup = outcome.get("backup")
+            if backup is not None and backup.exists() and read_status(run_dir).get("state") != "finished":
+                # the new run has no results: the replaced one comes back
+                shutil.rmtree(run_dir, ignore_errors=True)
+                backup.rename(run_dir)
+                log.warning("the new run failed; %s holds the run it was to replace again", run_dir)
+            raise
+        if outcome.get("backup") is not None and outcome["backup"].exists():
+            shutil.rmtree(outcome["backup"], ignore_errors=True)
+        return result
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path):
+    """One process per run folder: a second `--resume`, or a `bench eval` / `bench calibrate` of a run still going,
+    would write the same files (the lock sits beside the folder, so --overwrite can replace the folder under it)."""
     from .locks import LockHeld, file_lock
 
-    run_dir = Path(run_dir) if run_dir else cfg.run_dir()
-    # one process per run folder: a second `--resume` of a running run would train beside it and both would write
-    # the same checkpoints (the lock sits beside the folder, so --overwrite can replace the folder under it)
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         with file_lock(run_dir.parent / f".{run_dir.name}.lock", blocking=False, what=str(run_dir)):
-            backup = replaced_path(run_dir)
-            try:
-                result = _run(cfg, run_dir, resume=resume, overwrite=overwrite, data_root=data_root,
-                              progress=progress, evaluate_test=evaluate_test, on_epoch=on_epoch,
-                              parent_run_id=parent_run_id)
-            except BaseException:
-                if overwrite and backup.exists():  # the new run has no results: the replaced one comes back
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    backup.rename(run_dir)
-                    log.warning("the new run failed; %s holds the run it was to replace again", run_dir)
-                raise
-            if backup.exists():
-                shutil.rmtree(backup, ignore_errors=True)
-            return result
+            yield
     except LockHeld as exc:
         raise RunExistsError(f"{exc}; wait for it to finish, or stop it first") from None
 
 
 def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_root: str | None, progress: bool,
-         evaluate_test: bool, on_epoch, parent_run_id: str | None) -> RunResult:
+         evaluate_test: bool, on_epoch, parent_run_id: str | None, outcome: dict | None = None) -> RunResult:
     from .envinfo import environment_record, seed_everything, select_device
     from .loop import FitContext
 
@@ -364,7 +385,7 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     if avail != "ok":
         raise DataError(f"method {cfg.method.name!r} cannot run here: {avail}")
     preflight(cfg)
-    resuming = prepare_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite)
+    resuming = prepare_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite, outcome=outcome)
     if data_root:
         cfg.data_root = str(data_root)
     files.config.write_text(dump_config(cfg))
@@ -573,9 +594,14 @@ def reopen(run_dir: str | Path, data_root: str | None = None, device: str | None
 def evaluate_run(run_dir: str | Path, *, split: str | None = None, data_root: str | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a finished run on its test split (or another, into eval_<split>/), in its MLflow run."""
+    run_dir = Path(run_dir)
+    with run_folder_lock(run_dir):
+        return _evaluate_run(run_dir, split, data_root, progress)
+
+
+def _evaluate_run(run_dir: Path, split: str | None, data_root: str | None, progress: bool) -> dict[str, Any]:
     from .calibration import read as read_calibration
 
-    run_dir = Path(run_dir)
     cfg, method = reopen(run_dir, data_root)
     reader = open_dataset(cfg, data_root)
     splits = json.loads(RunFiles(run_dir).splits.read_text())
@@ -602,13 +628,19 @@ def training_complete(cfg: RunConfig, run_dir: Path) -> bool:
     if not path.exists():
         return False
     state = torch.load(path, map_location="cpu", weights_only=False).get("state") or {}
-    return state.get("stage") is None and (state.get("epoch", 0) >= cfg.train.epochs or bool(state.get("stopped_early")))
+    planned = state.get("planned_epochs", cfg.train.epochs)  # a staged method's final loop plans fewer
+    return state.get("stage") is None and (state.get("epoch", 0) >= planned or bool(state.get("stopped_early")))
 
 
 def calibrate_finished_run(run_dir: str | Path, *, data_root: str | None = None, progress: bool = True) -> dict | None:
     """Calibrate the post-processing of a finished run on its val split (then `bench eval` applies it)."""
     run_dir = Path(run_dir)
-    cfg, method = reopen(run_dir, data_root)
+    with run_folder_lock(run_dir):
+        cfg, method = reopen(run_dir, data_root)
+        return _calibrate_finished(run_dir, cfg, method, data_root, progress)
+
+
+def _calibrate_finished(run_dir: Path, cfg: RunConfig, method: Method, data_root: str | None, progress: bool):
     if not cfg.method.calibrate:
         raise ConfigError(f"method card {cfg.method.name!r} has no calibrate: grid; add one (param: [values]) to its "
                           "card or the run's config.yaml")

@@ -257,7 +257,7 @@ def reap_stale_trials(study) -> list[int]:
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "reaped", f"process {pid} is gone")
-        study.tell(t.number, state=TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)  # another worker may reap it first
         reaped.append(t.number)
     if reaped:
         log.warning("study %s: trials %s were left RUNNING by processes that no longer exist; marked FAIL",

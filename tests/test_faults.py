@@ -213,6 +213,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("years of work")
+    (precious / "config.yaml").write_text("latex: {engine: lualatex}\n")  # a project's config, not a run's
     cfg = resolve_config("classic_watershed", "bbbc039", overrides=["tracking.enabled=false",
                                                                     f"output_root={tmp_path}", "eval.max_images=1"])
     with pytest.raises(RunExistsError, match="is not a run folder .* refusing to delete it"):
@@ -440,3 +441,27 @@ def test_an_empty_test_split_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="eval.split 'test': dataset 'mine' has no such split \\(or it is empty\\)"):
         run(cfg, progress=False)
     assert not (cfg.run_dir() / "checkpoints").exists()
+
+
+def test_a_failure_after_the_replacement_finished_keeps_the_new_results(tmp_path, monkeypatch):
+    """Only an unfinished replacement is rolled back: an error after the new run finished (here the tracker's
+    end) must not bring the old run back over the new results."""
+    import json
+
+    import bench.runner as runner
+
+    cfg = resolve_config("classic_watershed", "bbbc039", overrides=["tracking.enabled=false",
+                                                                    f"output_root={tmp_path}", "eval.max_images=1"])
+    rd = run(cfg, progress=False).run_dir
+    old = json.loads((rd / "summary.json").read_text())["created"]
+    real = runner.make_tracker
+
+    def tracker_that_fails_at_the_end(c):
+        t = real(c)
+        t.end = lambda status="FINISHED": (_ for _ in ()).throw(ConnectionError("tracking server went away"))
+        return t
+
+    monkeypatch.setattr(runner, "make_tracker", tracker_that_fails_at_the_end)
+    with pytest.raises(ConnectionError):
+        run(cfg, overwrite=True, progress=False)
+    assert json.loads((rd / "summary.json").read_text())["created"] > old  # the new, finished results stay

@@ -150,3 +150,16 @@ def test_projection_is_close_to_an_allowed_target_and_fast():
         assert seconds < 60  # generous on a loaded CI machine (the 2 s goal is a benchmark's figure, not a test's)
     with pytest.raises(ValueError, match="unknown shape constraint 'round'"):
         shapes.make("round")
+
+
+def test_the_forward_clamp_alone_keeps_stored_negative_weights_convex():
+    """Weights an optimiser made negative, never projected: the forward's clamp must still give a convex G."""
+    torch.manual_seed(1)
+    model = shapes.ICNN(2, 32, 3)
+    with torch.no_grad():
+        for u in model.hid:
+            u.copy_(-torch.rand_like(u))
+        model.out_z.copy_(-torch.rand_like(model.out_z))
+        a, b = torch.rand(50_000, 2) * 2 - 1, torch.rand(50_000, 2) * 2 - 1
+        t = torch.rand(50_000, 1)
+        assert (model(a + t * (b - a)) <= torch.maximum(model(a), model(b)) + 1e-5).all()

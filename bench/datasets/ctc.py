@@ -157,7 +157,13 @@ class CTC(DatasetReader):
                 continue
             order = list(group)
             rng.shuffle(order)
-            val += order[: max(1, int(round(len(order) * fraction)))]
+            val += order[: min(len(order) - 1, max(1, int(round(len(order) * fraction))))]  # train keeps some
+        if not set(val) & set(complete):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "ctc %s: no complete frame in the val split (%d complete training frames): instance metrics, and a "
+                "calibration by them, have nothing to score on val", self.root, len(complete))
         return sorted(i for i in ids if i not in set(val)), sorted(val)
 
     def _frame(self, seq: str, t: str) -> Path:

@@ -45,6 +45,9 @@ class ISRProjection(Method):
         from ..runner import load_trained
 
         self.predictor_cfg, self.predictor = load_trained(self.params.predictor_run, device=str(self.device))
+        if self.dataset.task == "semantic" and self.dataset.num_classes > 2:
+            raise ValueError(f"isr_projection fits one shape per object or one foreground; {self.dataset.name!r} has "
+                             f"{self.dataset.num_classes} classes")
         if self.predictor_cfg.dataset.task != self.dataset.task:
             raise ValueError(f"predictor_run {self.params.predictor_run} is a {self.predictor_cfg.dataset.task} "
                              f"run; {self.dataset.name!r} is {self.dataset.task}")
@@ -92,10 +95,11 @@ class ISRProjection(Method):
 
     def weights_files(self) -> dict[str, Path]:
         return {f"predictor/{k}": v for k, v in self.predictor.weights_files().items()} | (
-            {"predictor": Path(self.params.predictor_run) / "checkpoints" / "best.pt"}
+            {"predictor": Path(self.params.predictor_run) / "checkpoints" / f"{self.predictor_cfg.eval.checkpoint}.pt"}
             if self.predictor.trainable and self.predictor_cfg.train.epochs > 0 else {})
 
     def training_data(self):
         return [{"kind": "run", "run_dir": str(Path(self.params.predictor_run).resolve()),
                  "method": self.predictor_cfg.method.name, "config_hash": self.predictor_cfg.config_hash(),
-                 "trained_on": self.predictor.training_data()}]
+                 "trained_on": self.predictor.training_data(),
+                 "postprocess": getattr(self.predictor, "calibrated", None)}]
