@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates leaderboards/ctc_fluo_n2dh_gowt1.{md,csv,html,tex} from real runs: the CPU preset of
 # configs/cpu_fields.yaml for 600 steps (one budget for every trained method), 3 seeds, trained with the ignore regions of the
-# partially annotated frames; Table 1 of the scalar-field paper as reported rows. About 45 minutes on 2 CPU cores (75 with both scripts at once, OMP_NUM_THREADS=1 each).
+# partially annotated frames; Table 1 of the scalar-field paper as reported rows. About 75 minutes on 2 CPU cores (100 with both scripts at once, OMP_NUM_THREADS=1 each).
 #   BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_gowt1.sh [OUTPUT_ROOT]
 set -euo pipefail
 out=${1:-runs}
