@@ -74,6 +74,9 @@ class TrainConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     scheduler: Literal["none", "cosine", "poly"] = "cosine"
     amp: bool = True  # mixed precision, used on CUDA only
+    # timm's --channels-last: 2D networks and image batches stored NHWC; convolutions ~15% faster on CPU (oneDNN),
+    # same numbers up to float rounding. 3D networks stay contiguous.
+    channels_last: bool = False
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
     val_every: int = Field(1, ge=1)

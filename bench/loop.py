@@ -280,7 +280,7 @@ class FitContext:
             bar = progress_bar(loader, self.progress, f"{label}epoch {epoch + 1}/{tc.epochs}")
             t0 = time.time()
             for step, batch in enumerate(bar):
-                batch = to_device(batch, method.device)
+                batch = to_device(batch, method.device, method.memory_format)
                 try:
                     logs = method.train_step(batch)
                 except NonFiniteLossError as exc:
@@ -349,5 +349,8 @@ class FitContext:
         return state
 
 
-def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+def to_device(batch: dict[str, Any], device, memory_format=None) -> dict[str, Any]:
+    out = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+    if memory_format is not None and getattr(out.get("image"), "ndim", 0) == 4:
+        out["image"] = out["image"].contiguous(memory_format=memory_format)
+    return out

@@ -328,10 +328,18 @@ class Method:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    @property
+    def memory_format(self):
+        """torch.channels_last when train.channels_last asks for it on 2D data, else None (contiguous)."""
+        import torch
+
+        return torch.channels_last if self.train_cfg and self.train_cfg.channels_last and self.ndim == 2 else None
+
     def to(self, device: "torch.device") -> "Method":
         self.device = device
+        fmt = self.memory_format
         for net in self.networks.values():
-            net.to(device)
+            net.to(device) if fmt is None else net.to(device, memory_format=fmt)
         return self
 
 

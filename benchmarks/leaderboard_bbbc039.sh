@@ -6,7 +6,7 @@
 #   BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_bbbc039.sh [OUTPUT_ROOT]
 set -euo pipefail
 out=${1:-runs}
-epochs=${EPOCHS:-20}  # 20 x 50 = 1,000 steps: at 600, two of three poisson/diffusion seeds were still rising
+epochs=${EPOCHS:-30}  # 30 x 50 = 1,500 steps: at 1,000, one of three poisson seeds was still rising
 bench sweep --methods classic_watershed --datasets bbbc039 --seeds 0,1,2 --set output_root="$out" -q
 bench sweep --methods unet,poisson,diffusion --datasets bbbc039 --seeds 0,1,2 --set output_root="$out" -q \
   --config configs/cpu_fields.yaml --set train.epochs="$epochs"

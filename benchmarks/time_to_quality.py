@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--metric", default="f1@0.50")
     ap.add_argument("--threshold", type=float, default=0.90)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--val-every-epochs", type=int, default=2, help="both recipes have 50-step epochs")
+    ap.add_argument("--val-every-epochs", type=int, default=1, help="both recipes have 50-step epochs")
     ap.add_argument("--out", default="runs/ttq")
     ap.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG",
                     help="recipes to compare (default: before=benchmarks/recipes/cpu_fields_2026_11.yaml, "

@@ -113,3 +113,49 @@ def test_splits_are_persisted_and_checked(tmp_path):
     assert all(f["test"] == ids[:4] for f in folds)
     vals = [i for f in folds for i in f["val"]]
     assert sorted(vals) == sorted(ids[4:])  # every non-test image is validated exactly once
+
+
+@pytest.fixture
+def format_probe():
+    """A UNet that records the memory format of its input batch and first conv weight at every train step."""
+
+    class FormatProbe(UNet):
+        seen: list = []
+
+        def train_step(self, batch):
+            # a weight with several input channels and a 3x3 kernel: NCHW and NHWC differ (for 1 channel they agree)
+            w = next(p for p in self.networks["net"].parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+            type(self).seen.append((batch["image"].is_contiguous(memory_format=torch.channels_last),
+                                    w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()))
+            return super().train_step(batch)
+
+    METHODS.register("format_probe")(FormatProbe)
+    yield FormatProbe
+    METHODS.unregister("format_probe")
+
+
+def test_channels_last_reaches_network_and_batches_and_trains_the_same(tmp_path, format_probe):
+    """train.channels_last stores the 2D network and every image batch NHWC; the losses match the contiguous run."""
+    losses = {}
+    for cl in (False, True):
+        format_probe.seen = []
+        cfg = resolve_config("unet", "bbbc039", overlay="configs/cpu_fields.yaml", overrides=[
+            *FAST_RUN, "method.impl=format_probe", "tracking.enabled=false", f"output_root={tmp_path / str(cl)}",
+            f"train.channels_last={str(cl).lower()}", "eval.max_images=1", "eval.calibrate=false"])
+        res = run(cfg, progress=False)
+        assert format_probe.seen and all(s == (True, cl) for s in format_probe.seen), format_probe.seen
+        hist = (res.run_dir / "history.csv").read_text().splitlines()
+        col = hist[0].split(",").index("train/loss")
+        losses[cl] = [float(r.split(",")[col]) for r in hist[1:]]
+        assert res.summary["n_images"] == 1
+    assert np.allclose(losses[False], losses[True], rtol=1e-3), losses
+
+
+def test_to_device_makes_image_batches_channels_last():
+    from bench.loop import to_device
+
+    batch = {"image": torch.zeros(2, 3, 8, 8), "target": torch.zeros(2, 1, 8, 8), "id": ["a", "b"]}
+    out = to_device(batch, torch.device("cpu"), torch.channels_last)
+    assert out["image"].is_contiguous(memory_format=torch.channels_last) and not out["image"].is_contiguous()
+    assert out["target"].is_contiguous() and out["id"] == ["a", "b"]
+    assert to_device(batch, torch.device("cpu"))["image"].is_contiguous()
