@@ -203,6 +203,39 @@ def predict(
     _guard(body)
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="The package to write (.zip)."),
+    fmt: str = typer.Option("bioimageio", "--format", help="Package format: bioimageio (model spec 0.5)."),
+    authors: Optional[list[str]] = typer.Option(None, "--author", help="Author name (repeatable)."),
+    license: str = typer.Option("CC-BY-4.0", "--license", help="SPDX licence of the weights."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Run bioimageio.core's model test on the package."),
+    data_root: Optional[Path] = DataRootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Export a trained run's network as a bioimage.io model package (TorchScript + state dict, test tensors,
+    cover, README with the post-processing), loadable in napari, Fiji/deepImageJ and bioimageio.core."""
+
+    def body():
+        if fmt != "bioimageio":
+            _fail(f"--format {fmt!r}: only 'bioimageio' is supported")
+        from .export import export_bioimageio
+
+        res = export_bioimageio(run_dir, output, data_root=str(data_root) if data_root else None, authors=authors,
+                                license=license, test=test)
+        typer.echo(f"wrote {res['path']} (weights: {', '.join(res['weights'])})")
+        if res["test"] is not None:
+            typer.echo(f"bioimageio.core model test: {res['test']}")
+            if res["test"] != "passed":
+                for d in res["details"]:
+                    typer.secho(f"  {d}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(1)
+
+    _setup_logging(quiet)
+    _guard(body)
+
+
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 

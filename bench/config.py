@@ -135,6 +135,7 @@ class MethodCard(Strict):
     impl: str  # registered method implementation
     description: str = ""
     paper: str = ""
+    paper_url: str = ""  # the paper's DOI/arXiv URL: cited by exported models (bench export)
     params: dict[str, Any] = Field(default_factory=dict)
     # datasets the method opens besides the run's own: role -> dataset card name (an unlabelled target
     # domain, a generated synthetic set); resolved into RunConfig.extra_datasets and recorded in provenance

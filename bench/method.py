@@ -291,6 +291,13 @@ class Method:
         """Applied to the network output before stitching tiles (e.g. softmax)."""
         return raw
 
+    def export_outputs(self) -> dict[str, Any]:
+        """How the network's output is read, for `bench export`: ``channel_names``, ``description``,
+        ``activation`` (none / softmax / sigmoid: what ``forward`` + ``activation`` add to the network),
+        ``postprocess`` (text: the step from that output to the prediction), optionally ``network`` (its key)."""
+        raise ValueError(f"{type(self).__name__} does not declare how its network output is read "
+                         "(Method.export_outputs), so it cannot be exported")
+
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement postprocess()")
 

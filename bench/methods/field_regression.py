@@ -72,6 +72,15 @@ class FieldRegression(Method):
         value = masked_mean(fn(outputs, target, reduction="none"), known_weights(batch, outputs))
         return {"loss": value, self.params.loss: value}
 
+    def export_outputs(self) -> dict:
+        return {"channel_names": [f"{self.params.field}_field"], "activation": self.params.output_activation,
+                "description": f"The per-object {self.params.field} scalar field (each object's field scaled to "
+                               "[0, 1], 0 on its boundary and in the background).",
+                "postprocess": "Instances: foreground = field >= `eps`; markers = the field's regional maxima of "
+                               "height at least `h` (h-maxima); seeded watershed of the negative field inside the "
+                               "foreground; objects under `min_size` pixels dropped "
+                               "(`bench.fields.field_to_instances`)."}
+
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         from ..fields import field_to_instances
 

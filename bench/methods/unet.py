@@ -98,6 +98,17 @@ class UNet(Method):
     def activation(self, raw):
         return raw.softmax(1)
 
+    def export_outputs(self) -> dict:
+        if self.dataset.task == "instance":
+            return {"channel_names": ["background", "interior", "boundary"], "activation": "softmax",
+                    "description": "Per-pixel probabilities of background, object interior and object boundary.",
+                    "postprocess": "Instances: connected components of the pixels whose argmax is interior, grown "
+                                   "over the foreground (argmax interior or boundary) by a seeded watershed on the "
+                                   "negative interior probability; objects under `min_size` pixels dropped "
+                                   "(`bench.methods.unet.three_class_to_instances`)."}
+        return {"channel_names": list(self.dataset.classes), "activation": "softmax",
+                "description": "Per-pixel class probabilities.", "postprocess": "Labels: argmax over the channels."}
+
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         if self.dataset.task == "instance":
             return three_class_to_instances(raw, self.params.min_size)

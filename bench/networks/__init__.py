@@ -94,6 +94,9 @@ def build_network(spec: NetworkSpec, in_channels: int | NetworkContext, out_chan
         kwargs["ctx"] = ctx
     net = builder(in_channels=ctx.in_channels, out_channels=ctx.out_channels, ndim=ctx.ndim, **kwargs)
     net.size_divisor = network_divisor(spec.name, ctx, spec.options)
+    if "ctx" not in kwargs:  # rebuildable from these arguments alone (bench.export names the library class)
+        net.built_from = (spec.name, dict(in_channels=ctx.in_channels, out_channels=ctx.out_channels, ndim=ctx.ndim,
+                                          **spec.options))
     if not hasattr(net, "accepts_meta"):
         net.accepts_meta = False
     return net
