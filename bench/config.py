@@ -115,6 +115,8 @@ class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = None  # None: sqlite store under the output root
     experiment: str | None = None  # None: the dataset name
+    # the evaluated network as an MLflow model (mlflow.pytorch; `mlflow.pytorch.load_model("runs:/ID/model")`)
+    log_model: bool = True
 
 
 class SourceInfo(Strict):

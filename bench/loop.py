@@ -277,6 +277,8 @@ class FitContext:
             method.on_epoch_start(epoch)
             sums: dict[str, float] = {}
             n = 0
+            step_losses: list[tuple[int, float]] = []  # (optimiser step, loss): MLflow's per-step curve
+            steps_per_epoch = len(loader)
             bar = progress_bar(loader, self.progress, f"{label}epoch {epoch + 1}/{tc.epochs}")
             t0 = time.time()
             for step, batch in enumerate(bar):
@@ -297,6 +299,8 @@ class FitContext:
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
+                if "loss" in logs:
+                    step_losses.append((epoch * steps_per_epoch + n, logs["loss"]))
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
             row: dict[str, Any] = {"epoch": epoch + 1, "steps": n, "seconds": round(time.time() - t0, 2)}
@@ -333,6 +337,7 @@ class FitContext:
             prefix = f"{stage}/" if stage else ""
             self.tracker.log_metrics({f"{prefix}{k}": v for k, v in row.items()
                                       if k not in ("epoch", "steps", "stage") and v is not None}, step=epoch + 1)
+            self.tracker.log_series(f"{prefix}train_step/loss", step_losses)
             shown = {k: round(v, 4) for k, v in row.items()
                      if (k.startswith("train/") or k in (f"val/{monitor}", "seconds")) and v is not None}
             log.info("%sepoch %d/%d: %s", label, epoch + 1, tc.epochs, shown)

@@ -7,6 +7,7 @@ It knows no method and no dataset by name; it talks to `Method` and `DatasetRead
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -414,6 +415,9 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     mlflow_id = tracker.start(run_name, prev_id, tags={
         "method": cfg.method.name, "dataset": cfg.dataset.name, "seed": str(cfg.seed),
         "config_hash": cfg.config_hash(), "git_commit": str(env.get("git_commit")), "run_dir": str(run_dir.resolve()),
+        # MLflow's own source tags: the UI's "Source" and "Version" columns
+        "mlflow.source.type": "LOCAL", "mlflow.source.name": "bench run",
+        **({"mlflow.source.git.commit": str(env["git_commit"])} if env.get("git_commit") else {}),
         **{f"extra_dataset.{k}": v.name for k, v in cfg.extra_datasets.items()},
     }, parent_run_id=parent_run_id)
     _update_status(run_dir, state="running", started=time.time(), mlflow_run_id=mlflow_id,
@@ -574,7 +578,26 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         tracker.log_artifact(folder, name if split == "test" else f"eval_{split}/{name}")
     if files.checkpoint("best").exists():
         tracker.log_artifact(files.checkpoint("best"), "checkpoints")
+    if split == "test" and cfg.tracking.log_model and method.trainable:
+        _log_networks(tracker, method, cfg)
     return summary
+
+
+def _log_networks(tracker, method: Method, cfg: RunConfig) -> None:
+    """The evaluated networks as MLflow models: ``model`` (one network) or ``model_<key>``."""
+    import torch
+
+    side = max(method.divisor, 32)
+    example = torch.zeros(1, cfg.dataset.channels, *[side] * cfg.dataset.ndim)
+    for key, net in method.networks.items():
+        if getattr(net, "accepts_meta", False):
+            continue  # takes (image, metadata): not a tensor-in, tensor-out model
+        net = copy.deepcopy(net).to("cpu", memory_format=torch.contiguous_format).eval()  # the method's stays put
+        try:
+            tracker.log_model(net, "model" if len(method.networks) == 1 else f"model_{key}",
+                              example if key == "net" else None)
+        except Exception as exc:  # the results are written; a model MLflow cannot pickle is only a warning
+            log.warning("MLflow: network %r not logged as a model (%s)", key, exc)
 
 
 # ------------------------------------------------------------------------------------------------

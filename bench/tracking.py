@@ -84,6 +84,7 @@ class Tracker:
         self.experiment = experiment
         self.output_root = Path(output_root)
         self._client = None
+        self.renamed: dict[str, str] = {}  # MLflow key -> the key of summary.json / history.csv
 
     @property
     def client(self):
@@ -153,9 +154,29 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if _is_number(v)]
+        items = [Metric(self._key(k), float(v), ts, step or 0) for k, v in metrics.items() if _is_number(v)]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_series(self, key: str, points: list[tuple[int, float]]) -> None:
+        """One metric at several steps (e.g. the loss of every optimiser step of an epoch), in one batch."""
+        if not self.run_id or not points:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(self._key(key), float(v), ts, int(s)) for s, v in points if _is_number(v)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def _key(self, k: str) -> str:
+        """The MLflow key of a summary/history key; every renamed one is remembered for `metric_keys.json`."""
+        key = _metric_key(k)
+        if key != k:
+            self.renamed[key] = k
+        return key
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id:
@@ -170,9 +191,59 @@ class Tracker:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_model(self, net, name: str, example=None) -> None:
+        """``net`` (a torch module) as an MLflow model in this run, with its input/output signature."""
+        if not self.run_id:
+            return
+        import warnings
+
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        mlflow.set_tracking_uri(self.uri)
+        signature = None
+        if example is not None:  # shapes with free batch and spatial sizes (-1): any image size goes
+            import numpy as np
+            from mlflow.models import ModelSignature
+            from mlflow.types import Schema, TensorSpec
+
+            with torch.no_grad():
+                out = net(example)
+            free = lambda t: (-1, int(t.shape[1]), *[-1] * (t.ndim - 2))  # noqa: E731
+            signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), free(example))]),
+                                       outputs=Schema([TensorSpec(np.dtype("float32"), free(out))]))
+        with warnings.catch_warnings():  # mlflow's notes on pickled modules
+            warnings.simplefilter("ignore")
+            with mlflow.start_run(run_id=self.run_id):
+                # requirements stated, not inferred (inference re-imports the model in a subprocess: slow)
+                # pickle, not torch.export's pt2: a pt2 graph is traced at one input size
+                mlflow.pytorch.log_model(net, name=name, signature=signature, serialization_format="pickle",
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            self.client.update_run(self.run_id, status="RUNNING")  # start_run's exit ended it; end() does
+
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
+            if self.renamed:  # MLflow keys cannot hold '@': say how each maps back, next to the metrics
+                keys = {**self._logged_key_map(), **self.renamed}  # `bench eval` adds to the run's map
+                self.client.log_dict(self.run_id, {"mlflow_key_to_bench_key": dict(sorted(keys.items())),
+                                                   "rule": "'@' is written '_at_'"}, KEY_MAP_FILE)
             self.client.set_terminated(self.run_id, status=status)
+
+
+    def _logged_key_map(self) -> dict[str, str]:
+        import json
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.client.download_artifacts(self.run_id, KEY_MAP_FILE, tmp)
+                return json.loads(Path(path).read_text())["mlflow_key_to_bench_key"]
+        except Exception:  # none logged yet
+            return {}
+
+
+KEY_MAP_FILE = "metric_keys.json"
 
 
 def _metric_key(k: str) -> str:

@@ -43,6 +43,17 @@ def time_to(history: pd.DataFrame, metric: str, threshold: float, steps_per_epoc
     return out
 
 
+def recipe_mismatch(recipe: Path, run_config: dict) -> list[str]:
+    """Keys of the recipe file whose value the run's config.yaml does not hold (a finished run of another recipe)."""
+    from bench.config import flatten
+
+    want = yaml.safe_load(Path(recipe).read_text())
+    have = flatten(run_config)
+    set_here = {"tag", "train.val_every", "train.val_max_images", "eval.save_predictions"}  # this script's --set
+    return [k for k, v in flatten(want).items() if "_delete_" not in k and k not in set_here and have.get(k) != v
+            and not (isinstance(v, list) and have.get(k) == list(v))]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", default="poisson")
@@ -71,7 +82,12 @@ def main(argv=None) -> int:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         summary = json.loads((run_dir / "summary.json").read_text())
-        tc = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
+        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        stale = recipe_mismatch(Path(config), run_cfg)
+        if stale:
+            raise SystemExit(f"{run_dir} was trained with another recipe than {config} ({', '.join(stale)} differ): "
+                             "delete or move that folder to measure this recipe")
+        tc = run_cfg["train"]
         hist = pd.read_csv(run_dir / "history.csv")
         res = time_to(hist, a.metric, a.threshold, tc["steps_per_epoch"])
         res.update(config=config, patch_size=tc["patch_size"], batch_size=tc["batch_size"],
