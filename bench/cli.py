@@ -324,8 +324,10 @@ def leaderboard_cmd(
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the tables and figures to MLflow."),
     note: Optional[str] = typer.Option(None, "--note", help="A line for the markdown header (e.g. how the runs were made)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Pair every row with this one (verdict per metric)."),
+    data_root: Optional[Path] = DataRootOpt,
 ) -> None:
-    """Leaderboard of every method's finished runs: mean, 95% bootstrap CI, mean ± sd over seeds, provenance."""
+    """Leaderboard of every method's finished runs: mean, 95% bootstrap CI, mean ± sd over seeds, provenance
+    (html: the results report of `bench report`)."""
 
     def body():
         from .leaderboard import leaderboard
@@ -335,11 +337,43 @@ def leaderboard_cmd(
         command = "bench leaderboard " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else None
         written = leaderboard(dataset, output_root=output_root, out_dir=out, formats=_csv(formats),
                               metrics=_csv(metrics) or None, methods=_csv(methods) or None, reported=reported,
-                              command=command, log_mlflow=not no_mlflow, note=note, baseline=baseline)
+                              command=command, log_mlflow=not no_mlflow, note=note, baseline=baseline,
+                              data_root=str(data_root) if data_root else None)
         for p in written.values():
             typer.echo(f"wrote {p}")
         if "md" in written:
             typer.echo(written["md"].read_text())
+
+    _setup_logging(True)
+    _guard(body)
+
+
+@app.command("report")
+def report_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated; the first is the headline."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Only these rows (comma-separated)."),
+    out: Path = typer.Option(Path("leaderboards"), "--out"),
+    output_root: Path = typer.Option(Path("runs"), "--output-root", help="Where the runs are."),
+    reported: Optional[Path] = typer.Option(None, "--reported", help="YAML of rows reported by papers (with citation)."),
+    note: Optional[str] = typer.Option(None, "--note", help="A line for the header (e.g. how the runs were made)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Pair every row with this one (verdict per metric)."),
+    data_root: Optional[Path] = DataRootOpt,
+) -> None:
+    """One self-contained HTML page of a dataset's results: ranked table with CIs, figures, training curves,
+    provenance, and per method a gallery of its best, median and worst test images (<out>/<dataset>.html)."""
+
+    def body():
+        from .leaderboard import leaderboard
+
+        import shlex
+
+        command = "bench report " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else None
+        written = leaderboard(dataset, output_root=output_root, out_dir=out, formats=["html"],
+                              metrics=_csv(metrics) or None, methods=_csv(methods) or None, reported=reported,
+                              command=command, log_mlflow=False, note=note, baseline=baseline,
+                              data_root=str(data_root) if data_root else None)
+        typer.echo(f"wrote {written['html']}")
 
     _setup_logging(True)
     _guard(body)

@@ -60,21 +60,31 @@ def write_label(path: Path, label: np.ndarray) -> None:
     tifffile.imwrite(path, label.astype(dtype), compression="zlib")
 
 
-def overlay_png(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> None:
-    """Grey image with predicted outlines in magenta and reference outlines in green (middle slice in 3D)."""
-    import imageio.v3 as iio
+def overlay_rgb(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray | None) -> np.ndarray:
+    """Grey image with reference outlines in green just outside each object and predicted outlines in magenta
+    just inside, so both stay visible where they coincide (middle slice in 3D). Returns (H, W, 3) uint8."""
     from skimage.segmentation import find_boundaries
 
-    img = image[0] if image.ndim == pred.ndim + 1 else image
-    if pred.ndim == 3:
-        z = pred.shape[0] // 2
-        img, pred = img[z], pred[z]
+    ref = pred if pred is not None else gt
+    img = image[0] if image.ndim == ref.ndim + 1 else image
+    if ref.ndim == 3:
+        z = ref.shape[0] // 2
+        img = img[z]
+        pred = pred[z] if pred is not None else None
         gt = gt[z] if gt is not None else None
     lo, hi = np.percentile(img, [1, 99.5])
     grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
     if gt is not None:
-        rgb[find_boundaries(gt, mode="inner")] = (0, 220, 0)
-    rgb[find_boundaries(pred, mode="inner")] = (255, 0, 255)
+        rgb[find_boundaries(gt, mode="outer")] = (0, 220, 0)
+    if pred is not None:
+        rgb[find_boundaries(pred, mode="inner")] = (255, 0, 255)
+    return rgb
+
+
+def overlay_png(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> None:
+    """:func:`overlay_rgb` written as a PNG."""
+    import imageio.v3 as iio
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, rgb)
+    iio.imwrite(path, overlay_rgb(image, pred, gt))

@@ -197,6 +197,21 @@ def best_labels(rows: list[Row], metrics: list[str]) -> dict[str, set[str]]:
     return out
 
 
+def ranked(rows: list[Row], metric: str) -> list[Row]:
+    """Rows best first by one metric's mean (its registered direction); rows without it last, by label."""
+    sign = 1 if _higher_is_better(metric) else -1
+    return sorted(rows, key=lambda r: (metric not in r.cells, -sign * r.cells[metric].mean if metric in r.cells
+                                       else 0.0, r.label))
+
+
+def method_colours(labels: list[str]) -> dict[str, str]:
+    """One colour per row label (tab10 in label order), shared by every figure and the report's gallery."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {lbl: matplotlib.colors.to_hex(cmap(i % 10)) for i, lbl in enumerate(sorted(labels))}
+
+
 def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
     if c is None:
         return "–", "–"
@@ -241,14 +256,15 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                  f"confidence interval over images, and (mean ± sd over seeds). Best measured value per column in "
                  f"bold. Metric definitions: [{METRICS_DOC}](../{METRICS_DOC}). Regenerate with:", "",
                  f"    {command}", "", *([note, ""] if note else []),
-                 "| method | " + " | ".join(metrics) + " | images | seeds |",
-                 "|---|" + "---|" * len(metrics) + "---|---|"]
-        for r in measured:
+                 f"Rows in rank order by {metrics[0]} (the headline metric).", "",
+                 "| method | rank | " + " | ".join(metrics) + " | images | seeds |",
+                 "|---|---|" + "---|" * len(metrics) + "---|---|"]
+        for rank, r in enumerate(ranked(measured, metrics[0]), 1):
             cells = []
             for m in metrics:
                 main, rest = _fmt(r.cells.get(m))
                 cells.append((f"**{main}**" if r.label in best[m] else main) + (f" {rest}" if rest else ""))
-            lines.append(f"| {r.label}{r.flags} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
+            lines.append(f"| {r.label}{r.flags} | {rank} | " + " | ".join(cells) + f" | {r.n_images} | {r.n_seeds} |")
         smoke = [r for r in measured + apart if r.partial]
         if smoke:
             lines += ["", "**Warning:** smoke-sized runs (not results to publish): " + "; ".join(
@@ -276,26 +292,6 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
                          f"MLflow runs {', '.join(map(str, p['mlflow_run_ids']))}; run folders "
                          f"{', '.join(p['runs'])}")
         return "\n".join(lines) + "\n"
-    if fmt == "html":
-        from html import escape
-
-        head = "".join(f"<th>{escape(m)}</th>" for m in metrics)
-        body = []
-        for r in measured + apart + reported:
-            tds = []
-            for m in metrics:
-                main, rest = _fmt(r.cells.get(m))
-                main = f"<b>{main}</b>" if (not r.reported and r.label in best[m]) else main
-                tds.append(f"<td>{main}<br><small>{rest}</small></td>")
-            name = escape(r.label + (" (reported)" if r.reported else "" if r.comparable else " (other test images)")
-                          + r.flags)
-            body.append(f"<tr><td>{name}</td>{''.join(tds)}<td>{r.n_images}</td><td>{r.n_seeds}</td></tr>")
-        note_html = f"<p>{escape(note)}</p>" if note else ""
-        return (f"<html><head><meta charset='utf-8'></head><body><h1>Leaderboard: {escape(dataset)}</h1>"
-                f"<p>mean [95% bootstrap CI] (mean ± sd over seeds); "
-                f"<a href='../{METRICS_DOC}'>metric definitions</a></p>{note_html}<table border='1'><tr>"
-                f"<th>method</th>{head}<th>images</th><th>seeds</th></tr>{''.join(body)}</table>"
-                f"<p><code>{escape(command)}</code></p></body></html>\n")
     if fmt == "tex":
         cols = "l" + "c" * len(metrics) + "rr"
         lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",
@@ -320,7 +316,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
         if any(r.under_trained for r in measured):
             lines.append(r"% \ast: under-trained, the validation curve was still rising at the end of the budget")
         return "\n".join(lines) + "\n"
-    raise ValueError(f"unknown format {fmt!r}: choose md, csv, html, tex")
+    raise ValueError(f"unknown format {fmt!r}: choose md, csv, tex (html: the report, bench.report)")
 
 
 def budget_section(rows: list[Row], dataset: str) -> list[str]:
@@ -385,16 +381,19 @@ def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, ou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [r for r in rows if not r.reported]
+    measured = ranked([r for r in rows if not r.reported], metrics[0])  # every panel in the headline's rank order
+    colours = method_colours([r.label for r in measured])
     paths = []
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         rs = [r for r in measured if m in r.cells]
         means = [r.cells[m].mean for r in rs]
         err = np.array([[r.cells[m].mean - r.cells[m].ci[0], r.cells[m].ci[1] - r.cells[m].mean] for r in rs]).T
-        ax.bar(range(len(rs)), means, yerr=err if len(rs) else None, capsize=3, color="#4C72B0")
-        ax.set_xticks(range(len(rs)), [r.label for r in rs], rotation=45, ha="right", fontsize=8)
-        ax.set_title(m)
+        ax.bar(range(len(rs)), means, yerr=err if len(rs) else None, capsize=3,
+               color=[colours[r.label] for r in rs])
+        ax.set_xticks(range(len(rs)), [r.label for r in rs], rotation=45, ha="right", fontsize=9)
+        ax.set_title(f"{m} (mean, 95% CI)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     p = out_dir / f"{dataset}_bars.png"
     fig.savefig(p, dpi=110)
@@ -411,9 +410,12 @@ def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, ou
                 data.append(vals)
                 labels.append(r.label)
         if data:
-            ax.boxplot(data, showmeans=True)
-            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{m} per image")
+            box = ax.boxplot(data, showmeans=True, patch_artist=True)
+            for patch, lbl in zip(box["boxes"], labels):
+                patch.set_facecolor(colours[lbl])
+                patch.set_alpha(0.6)
+            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=9)
+        ax.set_title(f"{m} per test image", fontsize=10)
     fig.tight_layout()
     p = out_dir / f"{dataset}_per_image.png"
     fig.savefig(p, dpi=110)
@@ -471,7 +473,8 @@ def baseline_section(rows: list[Row], metrics: list[str], dataset: str, baseline
 def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str | Path = "leaderboards",
                 formats: list[str] = ("md",), metrics: list[str] | None = None, methods: list[str] | None = None,
                 reported: str | Path | None = None, command: str | None = None, log_mlflow: bool = True,
-                n_boot: int = 2000, note: str | None = None, baseline: str | None = None) -> dict[str, Path]:
+                n_boot: int = 2000, note: str | None = None, baseline: str | None = None,
+                data_root: str | None = None) -> dict[str, Path]:
     from .config import ConfigError, check_name
 
     try:  # the dataset names the output files: no separators, no '..'
@@ -489,12 +492,21 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
     extra = baseline_section(rows, metrics, dataset, baseline, output_root, n_boot) if baseline else []
     written = {}
     for fmt in formats:
+        if fmt == "html":
+            continue  # the report, below: it embeds the figures
         p = out_dir / f"{dataset}.{fmt}"
         p.write_text(render(rows, metrics, dataset, fmt, command, task, note, sections=extra))
         written[fmt] = p
-    for f in figures(rows, metrics, dataset, out_dir, output_root) + [curves_figure(rows, dataset, out_dir)]:
-        if f is not None:
-            written[f.stem] = f
+    figs = [f for f in figures(rows, metrics, dataset, out_dir, output_root) + [curves_figure(rows, dataset, out_dir)]
+            if f is not None]
+    for f in figs:
+        written[f.stem] = f
+    if "html" in formats:
+        from .report import write_report
+
+        md = render(rows, metrics, dataset, "md", command, task, note, sections=extra)
+        written["html"] = write_report(md, rows, metrics, dataset, out_dir, figs, output_root, data_root,
+                                       method_colours([r.label for r in rows if not r.reported]))
     (out_dir / f"{dataset}.provenance.json").write_text(json.dumps(
         {r.label: r.provenance for r in rows if not r.reported}, indent=1))
     if log_mlflow:

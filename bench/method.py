@@ -291,6 +291,11 @@ class Method:
         """Applied to the network output before stitching tiles (e.g. softmax)."""
         return raw
 
+    def explain(self, sample: Sample, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Named 2D/3D maps that show how this method reads an image (e.g. its predicted field beside the target),
+        from the sample and its ``predict_raw`` output; drawn in the report's gallery. Default: none."""
+        return {}
+
     def export_outputs(self) -> dict[str, Any]:
         """How the network's output is read, for `bench export`: ``channel_names``, ``description``,
         ``activation`` (none / softmax / sigmoid: what ``forward`` + ``activation`` add to the network),

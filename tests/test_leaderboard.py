@@ -66,7 +66,7 @@ def test_leaderboard_from_real_runs(swept, tmp_path):
     assert "**0.990**" not in md
     assert "bench leaderboard" in md and "docs/metrics.md" in md
     assert csv[csv.kind == "reported"]["method"].tolist() == ["paper_method"]
-    assert r"\textbf" in out["tex"].read_text() and "<b>" in out["html"].read_text()
+    assert r"\textbf" in out["tex"].read_text() and "<strong>" in out["html"].read_text()
 
 
 def _fake_run(root: Path, label: str, seed: int, values: dict[str, float]) -> None:
@@ -125,7 +125,7 @@ def test_row_scored_on_fewer_images_is_shown_apart_and_never_bold(tmp_path, capl
     row = csv[csv.method == "partial"].iloc[0]
     assert row["kind"] == "measured_other_images" and not row["f1@0.50_best"]
     assert csv[csv.method == "full_a"].iloc[0]["f1@0.50_best"]
-    assert "<b>0.950</b>" not in out["html"].read_text()
+    assert "<strong>0.950</strong>" not in out["html"].read_text()
 
 
 def test_metric_direction_and_headline_come_from_the_registry():
@@ -160,7 +160,7 @@ def test_deterministic_rows_smoke_runs_and_html_escaping(tmp_path, caplog):
     assert "'quickie' comes from smoke-sized runs" in caplog.text
     html = out["html"].read_text()
     assert "<b onmouseover" not in html and "&lt;b onmouseover=alert(1)&gt;x" in html
-    assert "<img" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
 
 
 def test_baseline_section_says_in_words_whether_a_row_beats_the_baseline(tmp_path):

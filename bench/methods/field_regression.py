@@ -72,6 +72,12 @@ class FieldRegression(Method):
         value = masked_mean(fn(outputs, target, reduction="none"), known_weights(batch, outputs))
         return {"loss": value, self.params.loss: value}
 
+    def explain(self, sample: Sample, raw: np.ndarray) -> dict[str, np.ndarray]:
+        maps = {f"predicted {self.params.field} field": raw[0]}
+        if sample.label is not None:
+            maps[f"target {self.params.field} field"] = self.field_of(sample.label, sample.spacing)
+        return maps
+
     def export_outputs(self) -> dict:
         return {"channel_names": [f"{self.params.field}_field"], "activation": self.params.output_activation,
                 "description": f"The per-object {self.params.field} scalar field (each object's field scaled to "
