@@ -417,6 +417,8 @@ def tune(
     sets: Optional[list[str]] = SetOpt,
     config: Optional[list[Path]] = ConfigOpt,
     seed: int = typer.Option(0, "--seed"),
+    keep_checkpoints: str = typer.Option("best", "--keep-checkpoints", help="Checkpoints of finished trials to "
+                                         "keep: best (the best complete trial's), none, all."),
     data_root: Optional[Path] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -427,7 +429,7 @@ def tune(
 
         study = tune_fn(method, dataset, trials, workers=workers, storage=storage, overrides=sets,
                         overlay=[str(c) for c in config or []], data_root=str(data_root) if data_root else None,
-                        seed=seed)
+                        seed=seed, keep_checkpoints=keep_checkpoints)
         typer.echo(f"study {study.study_name} in {study.storage_url}\nbest parameters: {study.best_overlay_path()}")
 
     _setup_logging(quiet)

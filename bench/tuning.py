@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -77,6 +78,9 @@ def suggest(trial, space: dict[str, ParamSpace]) -> dict[str, Any]:
     return values
 
 
+KEEP_CHECKPOINTS = ("best", "none", "all")  # which finished trials keep their checkpoints (disk: ~2 x model size each)
+
+
 def overlay_from(params: dict[str, Any]) -> dict:
     """{'train.lr': 0.001} -> {'train': {'lr': 0.001}} (a config overlay)."""
     out: dict = {}
@@ -94,7 +98,11 @@ class Study:
 
     def __init__(self, method: str, dataset: str, *, storage: str | None = None, overrides: list[str] | None = None,
                  overlay: "str | list[str] | None" = None, study_name: str | None = None, data_root: str | None = None,
-                 seed: int = 0, n_startup_trials: int = 2, n_warmup_steps: int = 1, pruner=None) -> None:
+                 seed: int = 0, n_startup_trials: int = 2, n_warmup_steps: int = 1, pruner=None,
+                 keep_checkpoints: str = "best") -> None:
+        if keep_checkpoints not in KEEP_CHECKPOINTS:
+            raise ConfigError(f"tune: keep_checkpoints={keep_checkpoints!r}; choose one of {', '.join(KEEP_CHECKPOINTS)}")
+        self.keep_checkpoints = keep_checkpoints
         self.method, self.dataset = method, dataset
         self.overrides, self.overlay, self.data_root, self.seed = list(overrides or []), overlay, data_root, seed
         self.base = resolve_config(method, dataset, overlay=overlay, overrides=self.overrides, seed=seed)
@@ -162,6 +170,8 @@ class Study:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             study.tell(trial, value)
+            self.drop_checkpoints(study)
+        self.drop_checkpoints(study)
         self.write_outputs(study)
         if tracker.enabled and parent_id and _count(study, (TrialState.RUNNING,)) == 0:
             tracker.run_id = parent_id  # the study's parent run ends with the study (no worker left running)
@@ -181,7 +191,7 @@ class Study:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({value:.4f})")
 
-        run_dir = self.folder / f"trial{trial.number:04d}"
+        run_dir = self.trial_dir(trial.number)
         result = run(cfg, run_dir=run_dir, overwrite=True, data_root=self.data_root, progress=False,
                      evaluate_test=False, on_epoch=report, parent_run_id=parent_id)
         if result.best_value is None:
@@ -189,6 +199,28 @@ class Study:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         return result.best_value
+
+    def trial_dir(self, number: int) -> Path:
+        return self.folder / f"trial{number:04d}"
+
+    def drop_checkpoints(self, study) -> list[Path]:
+        """Delete the checkpoints of finished trials that are not worth keeping (`keep_checkpoints`): "best"
+        keeps the best complete trial's only, "none" keeps none, "all" every one. Running trials (this or another
+        worker's) are never touched; each trial's config, history and validation scores always stay."""
+        from optuna.trial import TrialState
+
+        if self.keep_checkpoints == "all":
+            return []
+        done = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        complete = [t for t in done if t.state == TrialState.COMPLETE]
+        best = study.best_trial.number if complete and self.keep_checkpoints == "best" else None
+        dropped = []
+        for t in done:
+            folder = self.trial_dir(t.number) / "checkpoints"
+            if t.number != best and folder.exists():
+                shutil.rmtree(folder)
+                dropped.append(folder)
+        return dropped
 
     # -- outputs -------------------------------------------------------------------------------
     def best_overlay_path(self) -> Path:
@@ -286,17 +318,18 @@ def _engine_kwargs(url: str) -> dict:
 
 def tune(method: str, dataset: str, n_trials: int, *, workers: int = 1, storage: str | None = None,
          overrides: list[str] | None = None, overlay: "str | list[str] | None" = None, data_root: str | None = None,
-         seed: int = 0) -> Study:
+         seed: int = 0, keep_checkpoints: str = "best") -> Study:
     """Run a study with `workers` processes on one storage (this process is one of them)."""
     if n_trials < 1 or workers < 1:
         raise ConfigError(f"tune: --trials and --workers must be >= 1 (got trials={n_trials}, workers={workers})")
     study = Study(method, dataset, storage=storage, overrides=overrides, overlay=overlay, data_root=data_root,
-                  seed=seed)
+                  seed=seed, keep_checkpoints=keep_checkpoints)
     study.load()  # create it once before the workers race to
     procs = []
     for _ in range(max(0, workers - 1)):
         cmd = [sys.executable, "-m", "bench", "tune", "--method", method, "--dataset", dataset,
-               "--trials", str(n_trials), "--storage", study.storage_url, "--workers", "1", "--seed", str(seed), "-q"]
+               "--trials", str(n_trials), "--storage", study.storage_url, "--workers", "1", "--seed", str(seed),
+               "--keep-checkpoints", keep_checkpoints, "-q"]
         for s in overrides or []:
             cmd += ["--set", s]
         for o in ([overlay] if isinstance(overlay, (str, Path)) else list(overlay or [])):

@@ -108,3 +108,22 @@ def test_a_trial_killed_with_kill_9_is_reaped_and_does_not_eat_the_budget(tmp_pa
     assert states[stale.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
     assert sum(s == TrialState.COMPLETE for s in states.values()) == 2  # 3 places: the live trial holds one
     assert "process" in study.load().trials[stale.number].user_attrs["reaped"]
+
+
+@pytest.mark.parametrize("keep", ["best", "none"])
+def test_finished_trials_keep_only_the_checkpoints_asked_for(tmp_path, keep):
+    """Tuning does not fill the disk: by default only the best complete trial keeps its checkpoints; every trial
+    keeps its config and history."""
+    import optuna
+
+    sets = FAST_RUN + ["train.epochs=1", "train.steps_per_epoch=1", "train.patch_size=[64,64]",
+                       "train.val_max_images=1", f"output_root={tmp_path}", "tracking.enabled=false"]
+    st = Study("unet", "bbbc039", overrides=sets, keep_checkpoints=keep,
+               pruner=optuna.pruners.NopPruner())
+    st.optimize(3)
+    study = st.load()
+    with_ckpt = sorted(p.parent.name for p in st.folder.glob("trial*/checkpoints"))
+    assert with_ckpt == ([f"trial{study.best_trial.number:04d}"] if keep == "best" else [])
+    assert len(list(st.folder.glob("trial*/history.csv"))) == 3 and len(list(st.folder.glob("trial*/config.yaml"))) == 3
+    with pytest.raises(Exception, match="keep_checkpoints"):
+        Study("unet", "bbbc039", overrides=sets, keep_checkpoints="some")
