@@ -235,12 +235,23 @@ class Tracker:
         import json
         import tempfile
 
+        import os
+
+        if KEY_MAP_FILE not in {f.path for f in self.client.list_artifacts(self.run_id)}:
+            return {}
+        bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar in the log
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = self.client.download_artifacts(self.run_id, KEY_MAP_FILE, tmp)
                 return json.loads(Path(path).read_text())["mlflow_key_to_bench_key"]
-        except Exception:  # none logged yet
+        except Exception:  # unreadable: start a new map
             return {}
+        finally:
+            if bar is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 KEY_MAP_FILE = "metric_keys.json"
