@@ -106,10 +106,13 @@ def main(argv=None) -> int:
         reach = (f"{r['steps']} | {r['train_s']:.0f} | {r['wall_s']:.0f}" if r["reached"] else "not reached | - | -")
         print(f"| {n} | {r['patch_size'][0]}x{r['patch_size'][1]} x {r['batch_size']} | {r['s_per_step']:.3f} | "
               f"{reach} | {r['best_val']:.3f} | {r['test']:.3f} | {r['test_pq']:.3f} |")
-    if len(names) == 2 and all(results[n]["reached"] for n in names):
-        b, c = (results[n] for n in names)
-        print(f"\nspeed-up {names[0]} -> {names[1]}: {b['train_s'] / c['train_s']:.2f}x training time, "
-              f"{b['wall_s'] / c['wall_s']:.2f}x with validation; test {a.metric} {b['test']:.3f} -> {c['test']:.3f}")
+    b = results[names[0]]  # every other recipe against the first
+    for n in names[1:]:
+        c = results[n]
+        if b["reached"] and c["reached"]:
+            print(f"\nspeed-up {names[0]} -> {n}: {b['train_s'] / c['train_s']:.2f}x training time, "
+                  f"{b['wall_s'] / c['wall_s']:.2f}x with validation; test {a.metric} {b['test']:.3f} -> "
+                  f"{c['test']:.3f}")
     (out / "time_to_quality.json").write_text(json.dumps(results, indent=2))
     return 0
 
