@@ -701,6 +701,35 @@ def output_stem(path: Path) -> str:
     return path.stem
 
 
+def training_intensity(run_dir: Path, cfg) -> dict | None:
+    """1 / 99.8 percentiles of the first training image as its reader gives it (None when the data is not
+    readable here)."""
+    try:
+        ids = json.loads(RunFiles(run_dir).splits.read_text())["train"]
+        image = open_dataset(cfg, None).load(ids[0]).image
+    except Exception:  # predicting away from the training data is normal: no reference, no warning
+        return None
+    lo, hi = np.percentile(image, [1, 99.8])
+    return {"id": ids[0], "low": float(lo), "high": float(hi)}
+
+
+def input_misfits(image: np.ndarray, reference: dict | None) -> list[str]:
+    """Why an input may not fit the trained model: a constant image, or an intensity range far from the training
+    images' (e.g. an 8-bit export of 16-bit data: the normalisation then sees other statistics than in training)."""
+    lo, hi = np.percentile(image, [1, 99.8])
+    out = []
+    if hi - lo <= 0:
+        out.append("the image is constant over 98% of its pixels: nothing to segment, the normalisation is degenerate")
+    if reference is None:
+        return out
+    span, ref_span = max(hi - lo, 1e-12), max(reference["high"] - reference["low"], 1e-12)
+    if not 0.1 <= span / ref_span <= 10:
+        out.append(f"intensity range {lo:.4g}..{hi:.4g} (1st-99.8th percentile) against {reference['low']:.4g}.."
+                   f"{reference['high']:.4g} in training ({reference['id']}): {span / ref_span:.2g}x; check the "
+                   "acquisition or the export (bit depth, scaling)")
+    return out
+
+
 def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str | Path, *,
                    progress: bool = True) -> list[Path]:
     """Segment every image of a folder (or one image file) with a trained run; any size (tiled when large).
@@ -731,13 +760,17 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
             raise DataError(f"{dests[dest].name} and {f.name} would both be written to {dest}; rename one")
         dests[dest] = f
     cfg, method = load_trained(run_dir)
+    reference = training_intensity(run_dir, cfg)
     out = []
     for dest, f in progress_bar(list(dests.items()), progress, "predicting"):
         raw, spacing = read_image(f, with_spacing=True)
         try:
             img = as_channels_first(raw, cfg.dataset.ndim, cfg.dataset.channels)
         except DataError as exc:
-            raise DataError(f"{f}: {exc}") from None
+            raise DataError(f"{f}: {exc} (the model was trained on {cfg.dataset.channels} channel(s), "
+                            f"{cfg.dataset.ndim}D)") from None
+        for problem in input_misfits(img, reference):
+            log.warning("%s: %s", f, problem)
         pred = method.predict(method.normalize(img), cfg.train.patch_size, cfg.eval.tile_overlap,
                               meta={"spacing": spacing, "id": f.name} if spacing else {"id": f.name})
         write_label(dest, pred)

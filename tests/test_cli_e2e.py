@@ -106,7 +106,7 @@ def test_eval_and_predict_on_a_finished_run(finished_run, tmp_path):
     assert tifffile.imread(tmp_path / "out" / "big.tif").shape == (520, 996)
 
 
-def test_predict_keeps_dotted_names_takes_one_file_and_refuses_clashes(finished_run, tmp_path):
+def test_predict_keeps_dotted_names_takes_one_file_and_refuses_clashes(finished_run, tmp_path, caplog):
     from bench.runner import predict_folder
 
     _, run_dir, _ = finished_run
@@ -117,8 +117,13 @@ def test_predict_keeps_dotted_names_takes_one_file_and_refuses_clashes(finished_
     import imageio.v3 as iio
 
     iio.imwrite(inp / "plate1.A02.png", (img // 256).astype(np.uint8))
-    out = predict_folder(run_dir, inp, tmp_path / "out", progress=False)
+    with caplog.at_level("WARNING"):
+        out = predict_folder(run_dir, inp, tmp_path / "out", progress=False)
     assert sorted(p.name for p in out) == ["plate1.A01.tif", "plate1.A02.tif"]  # once both became plate1.tif
+    # the 8-bit copy does not look like the 16-bit training images: said, naming the file; the original is not
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("plate1.A02.png: intensity range" in w and "in training" in w for w in warned), warned
+    assert not any("plate1.A01.tif" in w for w in warned)
     one = predict_folder(run_dir, inp / "plate1.A01.tif", tmp_path / "one", progress=False)
     assert [p.name for p in one] == ["plate1.A01.tif"]
     tifffile.imwrite(inp / "plate1.A02.tiff", img)
