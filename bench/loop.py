@@ -35,6 +35,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+RESUME_ONLY_KEYS = ("optimizers", "schedulers", "scalers")  # what only a resume needs (AdamW: 2x the weights)
+
+
+def slim_finished_checkpoint(path: Path) -> None:
+    """Once a run has finished, its last.pt keeps the weights and the loop state (what `bench eval`,
+    eval.checkpoint=last and the completeness check read) but drops the optimiser state, which only a resume
+    needs: a third of the size (nnU-Net keeps a final checkpoint likewise)."""
+    import torch
+
+    if not path.exists():
+        return
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    method_state = ckpt.get("method") or {}
+    if not any(k in method_state for k in RESUME_ONLY_KEYS):
+        return
+    for k in RESUME_ONLY_KEYS:
+        method_state.pop(k, None)
+    atomic_torch_save(ckpt, path)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """A kill during the save leaves the previous checkpoint intact (`bench.cache.atomic_write`)."""
     import torch

@@ -453,6 +453,9 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
             log.warning("could not record the %s state in %s: %s", state, run_dir, status_exc)
         tracker.end({"interrupted": "KILLED", "pruned": "KILLED"}.get(state, "FAILED"))
         raise
+    from .loop import slim_finished_checkpoint
+
+    slim_finished_checkpoint(files.checkpoint("last"))  # before "finished": a kill here leaves a resumable run
     _update_status(run_dir, state="finished", finished=time.time(), error=None, best_value=best)
     tracker.end("FINISHED")
     return RunResult(run_dir, summary, mlflow_id, best)
@@ -576,10 +579,10 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         tracker.log_artifact(p)
     for folder, name in ((files.overlays(split), "overlays"), (files.predictions(split), "predictions")):
         tracker.log_artifact(folder, name if split == "test" else f"eval_{split}/{name}")
-    if files.checkpoint("best").exists():
-        tracker.log_artifact(files.checkpoint("best"), "checkpoints")
     if split == "test" and cfg.tracking.log_model and method.trainable:
-        _log_networks(tracker, method, cfg)
+        _log_networks(tracker, method, cfg)  # the network as an MLflow model: the checkpoint is not copied too
+    elif files.checkpoint("best").exists():
+        tracker.log_artifact(files.checkpoint("best"), "checkpoints")
     return summary
 
 

@@ -197,11 +197,11 @@ class Tracker:
             return
         import warnings
 
-        import mlflow
+        import tempfile
+
         import mlflow.pytorch
         import torch
 
-        mlflow.set_tracking_uri(self.uri)
         signature = None
         if example is not None:  # shapes with free batch and spatial sizes (-1): any image size goes
             import numpy as np
@@ -213,14 +213,24 @@ class Tracker:
             free = lambda t: (-1, int(t.shape[1]), *[-1] * (t.ndim - 2))  # noqa: E731
             signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), free(example))]),
                                        outputs=Schema([TensorSpec(np.dtype("float32"), free(out))]))
-        with warnings.catch_warnings():  # mlflow's notes on pickled modules
-            warnings.simplefilter("ignore")
-            with mlflow.start_run(run_id=self.run_id):
-                # requirements stated, not inferred (inference re-imports the model in a subprocess: slow)
+        import logging
+
+        quiet = logging.getLogger("mlflow.pytorch")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its notice on pickled models, at every run
+        try:
+            # saved locally, then logged as this run's artifact folder `name` (loadable as runs:/<id>/<name>):
+            # no mlflow.start_run, which would set the process-wide tracking URI (and MLFLOW_TRACKING_URI) to
+            # this run's store and leak it into every later run of the process
+            with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+                warnings.simplefilter("ignore")
+                # requirements stated, not inferred (inference re-imports the model in a subprocess: slow);
                 # pickle, not torch.export's pt2: a pt2 graph is traced at one input size
-                mlflow.pytorch.log_model(net, name=name, signature=signature, serialization_format="pickle",
-                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-            self.client.update_run(self.run_id, status="RUNNING")  # start_run's exit ended it; end() does
+                mlflow.pytorch.save_model(net, f"{tmp}/{name}", signature=signature, serialization_format="pickle",
+                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                self.client.log_artifacts(self.run_id, f"{tmp}/{name}", name)
+        finally:
+            quiet.setLevel(level)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:

@@ -46,6 +46,11 @@ def test_run_writes_every_output(finished_run):
         assert (run_dir / name).exists(), name
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "finished"
+    import torch
+
+    last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert "networks" in last["method"] and "optimizers" not in last["method"]  # finished: no resume state
+    assert last["state"]["epoch"] == 2
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["packages"]["torch"].startswith("2.") and "git_commit" in env and "cuda_available" in env
 
@@ -80,7 +85,8 @@ def test_mlflow_run_has_params_metrics_artifacts(finished_run):
     assert "test/f1_at_0.50" in r.data.metrics and "train/loss" in r.data.metrics
     assert len(client.get_metric_history(run_id, "train/loss")) == 2  # one point per epoch
     arts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "metrics_per_image.csv", "summary.json", "overlays", "predictions", "checkpoints"} <= arts
+    assert {"config.yaml", "metrics_per_image.csv", "summary.json", "overlays", "predictions"} <= arts
+    assert "checkpoints" not in arts  # the network is logged as an MLflow model instead of a second copy
 
 
 def test_existing_results_are_not_overwritten(finished_run):

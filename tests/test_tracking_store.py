@@ -35,6 +35,8 @@ def test_a_run_in_mlflow_maps_back_to_its_summary_and_has_source_and_step_curves
     MLflow's own source tags carry the git commit; the loss has one point per optimiser step."""
     import json
 
+    import os
+
     import mlflow
 
     from bench.config import resolve_config
@@ -62,12 +64,14 @@ def test_a_run_in_mlflow_maps_back_to_its_summary_and_has_source_and_step_curves
         assert r.data.tags["mlflow.source.git.commit"] == env["git_commit"]
     steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_step/loss")]
     assert steps == [1, 2, 3, 4]  # 2 epochs x 2 steps
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model left the process's MLflow settings alone
     assert r.info.status == "FINISHED" and r.info.end_time >= r.info.start_time
     # the evaluated network as an MLflow model: loads without the harness and takes any divisible size
     import mlflow.pytorch
     import torch
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    net = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
+    assert "model" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    (tmp_path / "dl").mkdir()
+    net = mlflow.pytorch.load_model(client.download_artifacts(r.info.run_id, "model", str(tmp_path / "dl")))
     with torch.no_grad():
         assert net(torch.zeros(2, 1, 48, 80)).shape == (2, 3, 48, 80)
