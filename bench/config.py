@@ -77,6 +77,8 @@ class TrainConfig(Strict):
     # timm's --channels-last: 2D networks and image batches stored NHWC; convolutions ~15% faster on CPU (oneDNN),
     # same numbers up to float rounding. 3D networks stay contiguous.
     channels_last: bool = False
+    # after the run finished: keep last.pt's optimiser state (to train it on later); off: a third of the size
+    keep_resume_state: bool = False
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
     val_every: int = Field(1, ge=1)
@@ -215,7 +217,9 @@ class RunConfig(Strict):
 
     def config_hash(self) -> str:
         """Hash of what determines the result (not where it is written)."""
-        d = self.model_dump(mode="json", exclude={"output_root", "data_root", "tracking"})
+        # storage settings that change no number: keep_resume_state only decides what last.pt keeps
+        d = self.model_dump(mode="json", exclude={"output_root": True, "data_root": True, "tracking": True,
+                                                  "train": {"keep_resume_state"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

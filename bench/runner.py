@@ -455,7 +455,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
         raise
     from .loop import slim_finished_checkpoint
 
-    slim_finished_checkpoint(files.checkpoint("last"))  # before "finished": a kill here leaves a resumable run
+    if not cfg.train.keep_resume_state:
+        slim_finished_checkpoint(files.checkpoint("last"))  # before "finished": a kill here leaves a resumable run
     _update_status(run_dir, state="finished", finished=time.time(), error=None, best_value=best)
     tracker.end("FINISHED")
     return RunResult(run_dir, summary, mlflow_id, best)

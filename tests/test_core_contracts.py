@@ -127,6 +127,7 @@ def test_two_network_method_trains_checkpoints_and_resumes_after_a_kill(tmp_path
     assert ToyGAN.seen_meta[0][0] == (2, 2) and all(i.startswith("b") for i in ToyGAN.seen_meta[0][1])
 
     ToyGAN.kill_at_epoch = None
+    cfg.train.keep_resume_state = True  # read the optimiser states below (a finished run drops them by default)
     res = run(cfg, resume=True, progress=False)
     hist = (run_dir / "history.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in hist[1:]] == [1, 2, 3]  # every epoch once

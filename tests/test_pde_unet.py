@@ -90,7 +90,7 @@ def test_pde_unet_two_stages_physics_only_in_stage_two_and_cross_domain_summary(
         "train.max_train_images=2", "train.val_max_images=1", "eval.max_images=1", "eval.overlays=0",
         "tracking.enabled=false", f"output_root={tmp_path}", "method.params.network.name=monai_unet",
         "method.params.network.options={_delete_: true, channels: [8, 16, 32], num_res_units: 0}",
-        "eval.dataset=gowt1_complete_fg", "eval.split=all"])
+        "eval.dataset=gowt1_complete_fg", "eval.split=all", "train.keep_resume_state=true"])
     res = run(cfg, progress=False)
     rd = res.run_dir
     stage1 = (rd / "stages" / "data" / "history.csv").read_text().splitlines()
