@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates leaderboards/bbbc039.{md,csv,html,tex} from real runs under the budget policy: every trained method
-# gets the recipe of configs/cpu_fields.yaml (16 x 128 x 128 crops, one MONAI UNet backbone) for 1,000 steps, 3 seeds,
+# gets the recipe of configs/cpu_fields.yaml (16 x 128 x 128 crops, one MONAI UNet backbone) for 1,500 steps, 3 seeds,
 # then its card's post-processing grid chosen on the val split (bench/calibration.py); the leaderboard marks a row
-# whose validation curve was still rising. About 65 minutes on 2 CPU cores (~100 with both scripts at once, OMP_NUM_THREADS=1 each).
+# whose validation curve was still rising; the html is the results report (bench report). About 90 minutes on 2 CPU cores.
 #   BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_bbbc039.sh [OUTPUT_ROOT]
 set -euo pipefail
 out=${1:-runs}
