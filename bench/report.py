@@ -106,8 +106,10 @@ def gallery_section(rows, metric: str, dataset: str, output_root: str | Path, da
                 caption += " (prediction not saved: eval.save_predictions=false)"
             figs.append(f"<figure><img alt='{escape(r.label)} {role} {escape(sid)}' "
                         f"src='{_png_uri(_overlay(sample, pred))}'><figcaption>{caption}</figcaption></figure>")
+            k = _stride(sample.image.shape)
             for name, m in (explainer(sample) if explainer else {}).items():
-                figs.append(f"<figure><img alt='{escape(r.label)} {role} {escape(name)}' src='{_png_uri(_colormap(m))}'>"
+                rgb = _colormap(m[..., ::k, ::k])
+                figs.append(f"<figure><img alt='{escape(r.label)} {role} {escape(name)}' src='{_png_uri(rgb)}'>"
                             f"<figcaption>{role}: {escape(name)}</figcaption></figure>")
         swatch = f"<span class='swatch' style='background:{colours.get(r.label, '#888')}'></span>"
         html += [f"<h3>{swatch}{escape(r.label)}</h3>", "<div class='gallery'>", *figs, "</div>"]
@@ -120,10 +122,20 @@ def _read_label(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
+MAX_SIDE = 720  # gallery images larger than this are subsampled (labels by nearest pixel) before outlining
+
+
+def _stride(shape) -> int:
+    return max(1, -(-max(shape[-2:]) // MAX_SIDE))
+
+
 def _overlay(sample, pred):
     from .imageio_utils import overlay_rgb
 
-    return overlay_rgb(sample.image, pred, sample.label)
+    k = _stride(sample.image.shape)
+    sub = (Ellipsis, slice(None, None, k), slice(None, None, k))  # outlines drawn after, so they stay 1 px sharp
+    return overlay_rgb(sample.image[sub], pred[sub] if pred is not None else None,
+                       sample.label[sub] if sample.label is not None else None)
 
 
 def _explainer(run_dir: Path, cfg, data_root: str | None):
