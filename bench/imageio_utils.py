@@ -66,6 +66,8 @@ def overlay_rgb(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray | Non
     from skimage.segmentation import find_boundaries
 
     ref = pred if pred is not None else gt
+    if ref is None:  # nothing to outline: the grey image
+        ref = np.zeros(image.shape[1:], np.int32)  # (C, *spatial)
     img = image[0] if image.ndim == ref.ndim + 1 else image
     if ref.ndim == 3:
         z = ref.shape[0] // 2

@@ -157,25 +157,40 @@ def _explainer(run_dir: Path, cfg, data_root: str | None):
 
 
 def _inline_images(html: str, out_dir: Path) -> str:
-    """<img src='x.png'> of local files -> data URIs; links to local files that do not exist -> plain text."""
+    """<img src='x.png'> of PNG files inside the output folder -> data URIs (anything else is dropped: a note's
+    markdown image must not inline a file from elsewhere); links keep only web, mail, in-page and existing
+    relative targets inside the output's parent (the repository's docs), else become plain text."""
+    root = out_dir.resolve()
+
+    def inside(p: Path, top: Path) -> bool:
+        try:
+            p.resolve().relative_to(top)
+            return True
+        except ValueError:
+            return False
 
     def img(m):
         src = m.group(2)
+        if src.startswith("data:image/png;base64,"):
+            return m.group(0)
         p = out_dir / src
-        return m.group(1) + (_file_uri(p) if not re.match(r"^[a-z]+:", src) and p.exists() else src) + m.group(3)
+        ok = not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", src) and p.suffix == ".png" and p.is_file() and inside(p, root)
+        return m.group(1) + (_file_uri(p) if ok else "") + m.group(3)
 
-    html = re.sub(r"(<img[^>]*src=\")([^\"]+)(\")", img, html)
+    html = re.sub(r"(<img\b[^>]*\bsrc=\")([^\"]*)(\")", img, html)
 
     def link(m):
         href, text = m.group(1), m.group(2)
         if re.match(r"^(https?:|mailto:|#)", href):
             return m.group(0)
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", href):  # javascript:, data:, file: ...
+            return text
         p = out_dir / href
-        if p.suffix == ".png" and p.exists():  # a figure: shown inline instead of linked
+        if p.suffix == ".png" and p.is_file() and inside(p, root):  # a figure: shown inline instead of linked
             return f"<a href=\"#fig-{escape(p.stem)}\">{text}</a>"
-        return m.group(0) if p.exists() else text
+        return m.group(0) if p.exists() and inside(p, root.parent) else text
 
-    return re.sub(r"<a href=\"([^\"]+)\">(.*?)</a>", link, html)
+    return re.sub(r"<a\b[^>]*?\bhref=\"([^\"]*)\"[^>]*>(.*?)</a>", link, html, flags=re.S)
 
 
 def write_report(md_text: str, rows, metrics: list[str], dataset: str, out_dir: Path, figures: list[Path],

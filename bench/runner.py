@@ -580,28 +580,34 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         tracker.log_artifact(p)
     for folder, name in ((files.overlays(split), "overlays"), (files.predictions(split), "predictions")):
         tracker.log_artifact(folder, name if split == "test" else f"eval_{split}/{name}")
-    if split == "test" and cfg.tracking.log_model and method.trainable:
-        _log_networks(tracker, method, cfg)  # the network as an MLflow model: the checkpoint is not copied too
-    elif files.checkpoint("best").exists():
+    logged = split == "test" and cfg.tracking.log_model and method.trainable and _log_networks(tracker, method, cfg)
+    if not logged and files.checkpoint("best").exists():  # no MLflow model (or one without the method's state)
         tracker.log_artifact(files.checkpoint("best"), "checkpoints")
     return summary
 
 
-def _log_networks(tracker, method: Method, cfg: RunConfig) -> None:
-    """The evaluated networks as MLflow models: ``model`` (one network) or ``model_<key>``."""
+def _log_networks(tracker, method: Method, cfg: RunConfig) -> bool:
+    """The evaluated networks as MLflow models (``model``, or ``model_<key>``); True when they stand in for the
+    checkpoint: every network logged and no state beside the networks (``extra_state``)."""
     import torch
 
+    if not tracker.run_id:
+        return False
     side = max(method.divisor, 32)
     example = torch.zeros(1, cfg.dataset.channels, *[side] * cfg.dataset.ndim)
+    complete = not method.extra_state()
     for key, net in method.networks.items():
         if getattr(net, "accepts_meta", False):
-            continue  # takes (image, metadata): not a tensor-in, tensor-out model
-        net = copy.deepcopy(net).to("cpu", memory_format=torch.contiguous_format).eval()  # the method's stays put
+            complete = False  # takes (image, metadata): not a tensor-in, tensor-out model
+            continue
         try:
-            tracker.log_model(net, "model" if len(method.networks) == 1 else f"model_{key}",
+            cpu = copy.deepcopy(net).to("cpu", memory_format=torch.contiguous_format).eval()  # the method's stays
+            tracker.log_model(cpu, "model" if len(method.networks) == 1 else f"model_{key}",
                               example if key == "net" else None)
-        except Exception as exc:  # the results are written; a model MLflow cannot pickle is only a warning
-            log.warning("MLflow: network %r not logged as a model (%s)", key, exc)
+        except Exception as exc:  # the results are written; a model MLflow cannot take is only a warning
+            log.warning("MLflow: network %r not logged as a model (%s); the checkpoint is logged instead", key, exc)
+            complete = False
+    return complete
 
 
 # ------------------------------------------------------------------------------------------------
@@ -710,7 +716,7 @@ def training_intensity(run_dir: Path, cfg) -> dict | None:
     readable here)."""
     try:
         ids = json.loads(RunFiles(run_dir).splits.read_text())["train"]
-        image = open_dataset(cfg, None).load(ids[0]).image
+        image = open_reader(cfg.dataset, cfg.data_root, download=False).load(ids[0]).image  # never a download
     except Exception:  # predicting away from the training data is normal: no reference, no warning
         return None
     lo, hi = np.percentile(image, [1, 99.8])

@@ -81,3 +81,39 @@ def test_picks_are_best_median_worst_in_the_metric_direction():
     assert [i for _, i, _ in pick_images(vals)] == ["a", "c", "b"]
     assert [i for _, i, _ in pick_images(vals, higher_is_better=False)] == ["b", "c", "a"]
     assert pick_images({}) == []
+
+
+def test_user_markdown_cannot_inline_other_files_or_keep_script_links(tmp_path):
+    from bench.report import _inline_images
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not for the page")
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "fig.png").write_bytes(b"\x89PNG figure")
+    html = (f'<img alt="a" src="{secret}"><img alt="b" src="../secret.png"><img alt="c" src="fig.png">'
+            '<a href="javascript:alert(1)" title="t">x</a><a href="https://ok.org">y</a><a href="fig.png">z</a>'
+            '<a href="../../etc/passwd">w</a>')
+    got = _inline_images(html, out)
+    assert got.count("data:image/png;base64,") == 1 and 'src=""' in got  # only the page's own figure
+    assert "javascript:" not in got and ">x<" in got and 'href="https://ok.org"' in got
+    assert 'href="#fig-fig"' in got and "passwd" not in got
+
+
+def test_exported_smp_architecture_never_downloads_pretrained_weights():
+    from bench.registry import NETWORKS
+
+    import bench.networks  # noqa: F401  (registers the builders)
+
+    module, cls, kwargs = NETWORKS.entry("smp_unet").extra["library"](
+        in_channels=1, out_channels=3, ndim=2, encoder_weights="imagenet")
+    assert (module, cls) == ("segmentation_models_pytorch", "Unet") and kwargs["encoder_weights"] is None
+
+
+def test_overlay_without_prediction_or_reference_is_the_grey_image():
+    import numpy as np
+
+    from bench.imageio_utils import overlay_rgb
+
+    rgb = overlay_rgb(np.random.default_rng(0).random((1, 20, 30)), None, None)
+    assert rgb.shape == (20, 30, 3) and (rgb[..., 0] == rgb[..., 1]).all()

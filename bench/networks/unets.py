@@ -34,7 +34,9 @@ def _build(module: str, cls: str, kwargs: dict):
 
 
 @register_network("smp_unet", description="2D UNet from segmentation-models-pytorch (any timm/smp encoder)",
-                  requires=("segmentation_models_pytorch",), ndims=(2,), divisor=32, library=_smp_unet_class)
+                  requires=("segmentation_models_pytorch",), ndims=(2,), divisor=32,
+                  # an exported state dict holds the weights: rebuilding must not download pretrained ones
+                  library=lambda **kw: _smp_unet_class(**{**kw, "encoder_weights": None}))
 def smp_unet(in_channels: int, out_channels: int, ndim: int, encoder: str = "resnet18",
              encoder_weights: str | None = None, decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)):
     from .._compat import ensure_torchvision
