@@ -133,7 +133,8 @@ def run(
         cfg = resolve_config(method, dataset, overlay=config, overrides=extra, seed=seed)
         result = run_fn(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
                         data_root=str(data_root) if data_root else None, progress=not quiet)
-        _print_summary(result.summary, result.run_dir)
+        if result.summary:  # a torchrun rank other than 0 trains only; rank 0 reports
+            _print_summary(result.summary, result.run_dir)
 
     _setup_logging(quiet)
     _guard(body)
@@ -245,18 +246,26 @@ def sweep(
     methods: str = typer.Option(..., "--methods", help="Comma-separated method cards."),
     datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset cards."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated k-fold indices, e.g. 0,1,2,3,4: "
+                                        "each fold is a run (dataset.splits.kind=kfold, folder seedN_foldK)."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default), ray or submitit; options in "
+                                           "the config's launcher: block (resources per task, cluster address)."),
+    retries: Optional[int] = typer.Option(None, "--retries", min=0, help="Run a failed task again this many times "
+                                          "(it resumes from its checkpoints); default launcher.retries (0)."),
     sets: Optional[list[str]] = SetOpt,
     config: Optional[list[Path]] = ConfigOpt,
     data_root: Optional[Path] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Run every method x dataset x seed (one MLflow run each); finished runs are skipped, interrupted ones resumed."""
+    """Run every method x dataset x seed (x fold), one MLflow run each, here or on Ray / SLURM; finished runs are
+    skipped, interrupted ones resumed."""
 
     def body():
         from .results import sweep as sweep_fn
 
         rep = sweep_fn(_csv(methods), _csv(datasets), [int(s) for s in _csv(seeds)], overrides=sets,
-                       overlay=config, data_root=str(data_root) if data_root else None, progress=not quiet)
+                       overlay=config, data_root=str(data_root) if data_root else None, progress=not quiet,
+                       folds=[int(f) for f in _csv(folds)] if folds else None, launcher=launcher, retries=retries)
         typer.echo(f"ran {len(rep['ran'])}, resumed {len(rep['resumed'])}, skipped {len(rep['skipped'])} "
                    f"(finished), unavailable {len(rep['unavailable'])}, failed {len(rep['failed'])}")
         for key, why in rep["unavailable"]:
@@ -412,7 +421,8 @@ def tune(
     method: str = typer.Option(..., "--method", "-m"),
     dataset: str = typer.Option(..., "--dataset", "-d"),
     trials: int = typer.Option(..., "--trials", min=1, help="Finished (complete or pruned) trials the study should hold."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite under the runs)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: an SQLAlchemy URL (postgresql+psycopg://user@host/db) or journal:///path/file.log "
+                                         "(shared file system); default sqlite under the runs."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes sharing the storage."),
     sets: Optional[list[str]] = SetOpt,
     config: Optional[list[Path]] = ConfigOpt,

@@ -121,6 +121,31 @@ class TrackingConfig(Strict):
     log_model: bool = True
 
 
+class RayOptions(Strict):
+    address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None: $RAY_ADDRESS, else a local one
+    init: dict[str, Any] = Field(default_factory=dict)  # more ray.init arguments (num_cpus, object_store_memory)
+
+
+class SubmititOptions(Strict):
+    cluster: Literal["slurm", "local", "debug"] | None = None  # None: SLURM where sbatch exists, else local
+    folder: str | None = None  # job logs and pickles; None: <output_root>/.submitit
+    partition: str | None = None
+    timeout_min: int = Field(24 * 60, ge=1)
+    array_parallelism: int = Field(64, ge=1)  # SLURM: jobs of the sweep's array running at once
+    slurm: dict[str, Any] = Field(default_factory=dict)  # more slurm_* parameters, without the prefix (account, qos)
+
+
+class LauncherConfig(Strict):
+    """How `bench sweep` runs its tasks (one per method x dataset x seed x fold); changes no result."""
+    name: Literal["local", "ray", "submitit"] = "local"
+    cpus: int | None = Field(None, ge=1)  # per task (torch threads too); None: local all, ray/submitit 1
+    gpus: float | Literal["auto"] = "auto"  # per task; auto: 1 where CUDA is visible to the sweep, else 0
+    memory_gb: float | None = Field(None, gt=0)  # per task; None: no request
+    retries: int = Field(0, ge=0)  # a failed task runs again (resuming from its checkpoints) this many times
+    ray: RayOptions = Field(default_factory=RayOptions)
+    submitit: SubmititOptions = Field(default_factory=SubmititOptions)
+
+
 class SourceInfo(Strict):
     urls: dict[str, str] = Field(default_factory=dict)  # file name -> URL
     checksums: dict[str, str | None] = Field(default_factory=dict)  # file name -> "sha256:..." or None
@@ -199,6 +224,7 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     seed: int = 0
     tag: str = ""  # distinguishes runs of one method/dataset/seed with other settings
     data_root: str | None = None
@@ -219,7 +245,7 @@ class RunConfig(Strict):
         """Hash of what determines the result (not where it is written)."""
         # storage settings that change no number: keep_resume_state only decides what last.pt keeps
         d = self.model_dump(mode="json", exclude={"output_root": True, "data_root": True, "tracking": True,
-                                                  "train": {"keep_resume_state"}})
+                                                  "launcher": True, "train": {"keep_resume_state"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

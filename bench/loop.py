@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import distributed
 from .cache import SampleCache, cache_root
 
 if TYPE_CHECKING:
@@ -228,12 +229,7 @@ class FitContext:
         config for this loop (``{"lr": 1e-5, "epochs": 50}``). ``validate``: score the val split each
         ``val_every`` epochs and keep ``best.pt`` on the monitor.
         """
-        import pandas as pd
         import torch
-        from torch.utils.data import DataLoader
-
-        from .envinfo import seed_worker
-        from .method import NonFiniteLossError
 
         from .config import TrainConfig, deep_merge, validate
 
@@ -284,15 +280,30 @@ class FitContext:
                 st.finish({"epochs": state["epoch"], "best_value": state["best_value"]})
             return state
         method.on_fit_start(self)
+        with distributed.wrapped_networks(method):
+            return self._epochs(method, cfg, tc, ds, st, stage, state, val_ids, monitor, mode, last_path,
+                                best_path, history_path)
+
+    def _epochs(self, method, cfg, tc, ds, st, stage, state, val_ids, monitor, mode, last_path, best_path,
+                history_path) -> dict:
+        import pandas as pd
+        import torch
+        from torch.utils.data import DataLoader
+
+        from .envinfo import seed_worker
+        from .method import NonFiniteLossError
+
+        main = distributed.is_main()  # rank 0 writes; in one process always
         label = f"{stage} " if stage else ""
         for epoch in range(state["epoch"], tc.epochs):
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
-            torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout etc.: same per epoch whether resumed or not
+            # dropout etc.: same per epoch whether resumed or not, its own stream per torchrun rank
+            torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * distributed.rank())
             g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            loader = DataLoader(ds, batch_size=tc.batch_size, shuffle=False, num_workers=tc.num_workers,
-                                worker_init_fn=seed_worker, generator=g, drop_last=False,
-                                persistent_workers=False)
+            loader = DataLoader(ds, batch_size=distributed.local_batch_size(tc.batch_size), shuffle=False,
+                                sampler=distributed.sampler(ds), num_workers=tc.num_workers,
+                                worker_init_fn=seed_worker, generator=g, drop_last=False, persistent_workers=False)
             method.train_mode(True)
             method.on_epoch_start(epoch)
             sums: dict[str, float] = {}
@@ -326,13 +337,15 @@ class FitContext:
             row: dict[str, Any] = {"epoch": epoch + 1, "steps": n, "seconds": round(time.time() - t0, 2)}
             if stage:
                 row["stage"] = stage
-            row.update({f"train/{k}": v / max(n, 1) for k, v in sums.items()})
+            row.update({f"train/{k}": v / max(n, 1) for k, v in distributed.mean_over_ranks(sums).items()})
             row["lr"] = next(iter(method.optimizers.values())).param_groups[0]["lr"] if method.optimizers else None
             validated = bool(val_ids) and ((epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs)
-            if validated:
+            if validated and main:
                 t_val = time.time()
-                row.update({f"val/{k}": v for k, v in self.score(val_ids).items()})
+                with distributed.unwrapped_networks(method):
+                    row.update({f"val/{k}": v for k, v in self.score(val_ids).items()})
                 row["val_seconds"] = round(time.time() - t_val, 2)
+            row = distributed.broadcast(row)  # every rank takes rank 0's validation (and so its decisions)
             value = row.get(monitor if monitor.startswith("train/") else f"val/{monitor}")
             if value is None and validated and not monitor.startswith("train/"):
                 raise KeyError(f"train.monitor {monitor!r} is not a validation metric; have: "
@@ -342,8 +355,9 @@ class FitContext:
                 or (value > state["best_value"] if mode == "max" else value < state["best_value"]))
             if improved:
                 state.update(best_value=float(value), best_epoch=epoch + 1, bad_epochs=0)
-                atomic_torch_save({"method": method.state_dict(with_optim=False), "epoch": epoch + 1,
-                                   "monitor": monitor, "value": float(value), "stage": stage}, best_path)
+                if main:
+                    atomic_torch_save({"method": method.state_dict(with_optim=False), "epoch": epoch + 1,
+                                       "monitor": monitor, "value": float(value), "stage": stage}, best_path)
             elif value is not None:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch + 1
@@ -351,9 +365,10 @@ class FitContext:
             state["history"].append(row)
             stop = bool(tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience)
             state["stopped_early"] = stop
-            atomic_torch_save({"method": method.state_dict(), "state": state, "stage": stage}, last_path)
-            history_path.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(state["history"]).to_csv(history_path, index=False)
+            if main:
+                atomic_torch_save({"method": method.state_dict(), "state": state, "stage": stage}, last_path)
+                history_path.parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(state["history"]).to_csv(history_path, index=False)
             prefix = f"{stage}/" if stage else ""
             self.tracker.log_metrics({f"{prefix}{k}": v for k, v in row.items()
                                       if k not in ("epoch", "steps", "stage") and v is not None}, step=epoch + 1)
@@ -366,11 +381,12 @@ class FitContext:
             if stop:
                 log.info("early stopping: %s did not improve for %d epochs", monitor, tc.early_stopping_patience)
                 break
-        if not best_path.exists():  # no validation: the last epoch is the best we know
+        if main and not best_path.exists():  # no validation: the last epoch is the best we know
             atomic_torch_save({"method": method.state_dict(with_optim=False), "epoch": state["epoch"],
                                "monitor": None, "value": None, "stage": stage}, best_path)
-        if st:
+        if st and main:
             st.finish({"epochs": state["epoch"], "best_value": state["best_value"]})
+        distributed.barrier()  # the other ranks read these files next (a later stage, evaluation)
         return state
 
 

@@ -131,7 +131,9 @@ class Method:
         """Spatial sizes an input must be divisible by: the least common multiple over the networks."""
         from .networks import lcm
 
-        return lcm(getattr(n, "size_divisor", 1) for n in self.networks.values()) if self.networks else 1
+        from .distributed import unwrap
+
+        return lcm(getattr(unwrap(n), "size_divisor", 1) for n in self.networks.values()) if self.networks else 1
 
     @property
     def monitor(self) -> str:
@@ -312,7 +314,9 @@ class Method:
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self, with_optim: bool = True) -> dict[str, Any]:
-        state: dict[str, Any] = {"networks": {k: v.state_dict() for k, v in self.networks.items()}}
+        from .distributed import unwrap
+
+        state: dict[str, Any] = {"networks": {k: unwrap(v).state_dict() for k, v in self.networks.items()}}
         if with_optim:
             state["optimizers"] = {k: v.state_dict() for k, v in self.optimizers.items()}
             state["schedulers"] = {k: v.state_dict() for k, v in self.schedulers.items()}
@@ -321,10 +325,12 @@ class Method:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from .distributed import unwrap
+
         for k, sd in state.get("networks", {}).items():
             if k not in self.networks:
                 raise KeyError(f"checkpoint holds network {k!r}; this method builds {sorted(self.networks)}")
-            self.networks[k].load_state_dict(sd)
+            unwrap(self.networks[k]).load_state_dict(sd)
         scalers = state.get("scalers") or ({"main": state["scaler"]} if state.get("scaler") else {})  # old key
         for target, saved in ((self.optimizers, state.get("optimizers", {})),
                               (self.schedulers, state.get("schedulers", {})), (self.scalers, scalers)):
@@ -404,7 +410,9 @@ def batch_meta(batch: dict[str, Any]) -> dict[str, Any]:
 
 def call_network(net, x, meta: dict | None = None):
     """``net(x, meta)`` for networks that take metadata (``accepts_meta``), else ``net(x)``."""
-    if getattr(net, "accepts_meta", False):
+    from .distributed import unwrap
+
+    if getattr(unwrap(net), "accepts_meta", False):  # a DDP wrapper passes both on
         return net(x, meta or {})
     return net(x)
 

@@ -122,45 +122,77 @@ def finished_runs(output_root: str | Path, dataset: str, split: str = "test") ->
 
 
 def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, overrides: list[str] | None = None,
-          overlay: "str | list[str] | None" = None, data_root: str | None = None, progress: bool = True) -> dict[str, list]:
-    """Run every method x dataset x seed; finished runs with the same config are skipped, interrupted ones resumed."""
+          overlay: "str | list[str] | None" = None, data_root: str | None = None, progress: bool = True,
+          folds: list[int] | None = None, launcher: str | None = None, retries: int | None = None) -> dict[str, list]:
+    """Run every method x dataset x seed (x fold); finished runs with the same config are skipped, interrupted ones
+    resumed. `launcher` (default: the config's ``launcher.name``, i.e. local) says where the runs go
+    (bench.launchers); a failed run is tried again `retries` times (default ``launcher.retries``), resuming."""
     from .config import resolve_config
+    from .launchers import SweepInterrupted, Task, launch, resolve_gpus
     from .runfiles import RunFiles
-    from .runner import CONFIG_FILE, load_run_config, method_availability, read_status, run
+    from .runner import CONFIG_FILE, load_run_config, method_availability, read_status
 
     report: dict[str, list] = {"ran": [], "skipped": [], "resumed": [], "failed": [], "unavailable": []}
+    overlays = [str(o) for o in ([overlay] if isinstance(overlay, (str, Path)) else list(overlay or []))]
+    axes = [(d, m, seed, fold) for d in datasets for m in methods for seed in seeds for fold in (folds or [None])]
     # every combination resolves before anything trains: a typo fails in seconds, not after the first runs
-    plan = [(m, d, seed, resolve_config(m, d, overlay=overlay, overrides=overrides, seed=seed))
-            for d in datasets for m in methods for seed in seeds]
-    for m, d, seed, cfg in plan:
+    plan = []
+    for d, m, seed, fold in axes:
+        sets = list(overrides or []) + ([] if fold is None else ["dataset.splits.kind=kfold",
+                                                                 f"dataset.splits.fold={fold}"])
+        plan.append((m, d, seed, fold, sets, resolve_config(m, d, overlay=overlays or None, overrides=sets,
+                                                            seed=seed)))
+    tasks, opts = [], None
+    for m, d, seed, fold, sets, cfg in plan:
+        opts = opts or cfg.launcher  # the launcher block of the sweep's config (the first combination's)
         rd = cfg.run_dir()
-        key = f"{m}/{d}/seed{seed}"
+        key = f"{m}/{d}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
         avail = method_availability(cfg)
         if avail != "ok":  # e.g. a pretrained model whose weights file is missing: say which, move on
             report["unavailable"].append((key, avail))
             log.warning("skip %s: %s", key, avail)
             continue
-        resume = False
         if (rd / CONFIG_FILE).exists():
             same = load_run_config(rd).config_hash() == cfg.config_hash()
-            state = read_status(rd).get("state")
-            if same and state == "finished" and RunFiles(rd).summary(cfg.eval.split).exists():
-                report["skipped"].append(key)
-                log.info("skip %s: finished in %s", key, rd)
-                continue
             if not same:
                 report["failed"].append((key, f"{rd} holds a run with another config; use --tag"))
                 continue
-            resume = True
+            if read_status(rd).get("state") == "finished" and RunFiles(rd).summary(cfg.eval.split).exists():
+                report["skipped"].append(key)
+                log.info("skip %s: finished in %s", key, rd)
+                continue
+        lc = cfg.launcher
+        tasks.append(Task(key=key, method=m, dataset=d, seed=seed, overrides=sets, overlay=overlays,
+                          data_root=data_root, run_dir=str(rd), cpus=lc.cpus, gpus=resolve_gpus(lc.gpus),
+                          memory_gb=lc.memory_gb))
+    if opts is None:
+        return report
+    name = launcher or opts.name
+    if name != "local":  # a worker may start in another folder (or machine): absolute paths
+        for t in tasks:
+            t.overrides.append(f"output_root={Path(plan[0][5].output_root).resolve()}")
+            t.overlay = [str(Path(o).resolve()) for o in t.overlay]
+            t.data_root = str(Path(t.data_root).resolve()) if t.data_root else None
+    tries = 1 + (opts.retries if retries is None else retries)
+    done_before = len(report["skipped"])
+    for attempt in range(tries):
         try:
-            run(cfg, resume=resume, data_root=data_root, progress=progress)
-            report["resumed" if resume else "ran"].append(key)
-        except KeyboardInterrupt:
-            done = len(report["ran"]) + len(report["resumed"]) + len(report["skipped"])
-            raise KeyboardInterrupt(f"sweep stopped in {key}; {done} of {len(plan)} runs finished") from None
-        except Exception as exc:  # one broken combination must not stop the sweep
-            log.error("%s failed: %s", key, exc)
-            report["failed"].append((key, f"{type(exc).__name__}: {exc}"))
+            results = launch(name, tasks, opts, output_root=plan[0][5].output_root, progress=progress)
+        except SweepInterrupted as exc:
+            done = done_before + exc.done + len(report["ran"]) + len(report["resumed"])
+            raise KeyboardInterrupt(f"sweep stopped in {exc.key}; {done} of {len(plan)} runs finished") from None
+        again = []
+        for t, r in zip(tasks, results):
+            if r["outcome"] != "failed":
+                report[r["outcome"]].append(t.key)
+            elif attempt + 1 < tries:
+                log.warning("%s failed (%s); trying again (%d of %d)", t.key, r["error"], attempt + 2, tries)
+                again.append(t)
+            else:
+                report["failed"].append((t.key, r["error"]))
+        tasks = again
+        if not tasks:
+            break
     return report
 
 

@@ -117,11 +117,11 @@ def dataset_splits_of(card, reader: DatasetReader, output_root: str | Path | Non
     return split_policy(card, reader, Path(output_root) / card.name if output_root is not None else None)
 
 
-def make_tracker(cfg: RunConfig):
+def make_tracker(cfg: RunConfig, enabled: bool = True):
     """The one place a run's tracker is made (config or $MLFLOW_TRACKING_URI, else the local store)."""
     from .tracking import Tracker
 
-    return Tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment or cfg.dataset.name,
+    return Tracker(cfg.tracking.enabled and enabled, cfg.tracking.uri, cfg.tracking.experiment or cfg.dataset.name,
                    cfg.output_root)
 
 
@@ -341,8 +341,11 @@ def run(
     `on_epoch(epoch, value)` is called after each validated epoch with the monitor value (tuning uses it to
     report to Optuna and prune). With `evaluate_test=False` the test split is never touched.
     """
+    from . import distributed
+
     run_dir = Path(run_dir) if run_dir else cfg.run_dir()
-    with run_folder_lock(run_dir):
+    # under torchrun rank 0 owns the folder (bench.distributed); the other ranks only read what it wrote
+    with run_folder_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         outcome: dict = {}
         try:
             result = _run(cfg, run_dir, resume=resume, overwrite=overwrite, data_root=data_root,
@@ -378,7 +381,8 @@ def run_folder_lock(run_dir: Path):
 
 def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_root: str | None, progress: bool,
          evaluate_test: bool, on_epoch, parent_run_id: str | None, outcome: dict | None = None) -> RunResult:
-    from .envinfo import environment_record, seed_everything, select_device
+    from . import distributed
+    from .envinfo import environment_record, seed_everything
     from .loop import FitContext
 
     files = RunFiles(run_dir)
@@ -386,30 +390,50 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     if avail != "ok":
         raise DataError(f"method {cfg.method.name!r} cannot run here: {avail}")
     preflight(cfg)
-    resuming = prepare_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite, outcome=outcome)
+    device = distributed.init(cfg.train.device)
+    main = distributed.is_main()
+    progress = progress and main
     if data_root:
         cfg.data_root = str(data_root)
-    files.config.write_text(dump_config(cfg))
-    env = environment_record()
-    _write_json(files.environment, env)
-
-    reader = open_dataset(cfg, data_root)
-    extra_readers = open_extra_datasets(cfg, data_root)
-    splits = dataset_splits(cfg, reader)
-    _write_json(files.splits, splits)
-    if evaluate_test and cfg.eval_dataset is None:  # a typo in eval.split fails now, not after training
-        check_split(cfg.dataset.name, splits, cfg.eval.split)
-        if cfg.eval.verify_before_training and method_trains(cfg):
-            verify_images(cfg, reader, splits[cfg.eval.split][: cfg.eval.max_images or None], cfg.eval.split)
+    prepared: tuple = ("ok", False)
+    if main:
+        try:
+            resuming = prepare_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite, outcome=outcome)
+            files.config.write_text(dump_config(cfg))
+            env = environment_record()
+            if distributed.is_distributed():
+                env["world_size"] = distributed.world_size()
+            _write_json(files.environment, env)
+            reader = open_dataset(cfg, data_root)
+            extra_readers = open_extra_datasets(cfg, data_root)
+            splits = dataset_splits(cfg, reader)
+            _write_json(files.splits, splits)
+            if evaluate_test and cfg.eval_dataset is None:  # a typo in eval.split fails now, not after training
+                check_split(cfg.dataset.name, splits, cfg.eval.split)
+                if cfg.eval.verify_before_training and method_trains(cfg):
+                    verify_images(cfg, reader, splits[cfg.eval.split][: cfg.eval.max_images or None],
+                                  cfg.eval.split)
+            prepared = ("ok", resuming)
+        except BaseException as exc:
+            distributed.broadcast(("failed", f"{type(exc).__name__}: {exc}"))  # the other ranks stop too
+            raise
+    prepared = distributed.broadcast(prepared)
+    if prepared[0] != "ok":
+        raise RuntimeError(f"rank 0 could not prepare {run_dir}: {prepared[1]}")
+    resuming = prepared[1]
+    if not main:
+        env = {}
+        reader = open_dataset(cfg, data_root)
+        extra_readers = open_extra_datasets(cfg, data_root)
+        splits = json.loads(files.splits.read_text())
 
     seed_everything(cfg.seed, cfg.train.deterministic)
-    device = select_device(cfg.train.device)
     method = build_method(cfg, device)
     if method.trainable and cfg.train.epochs == 0 and not method.weights_files():
         raise ConfigError(f"train.epochs=0: {cfg.method.name!r} is trained from scratch and loads no weights, so the "
                           "run would publish an untrained network; set train.epochs >= 1")
 
-    tracker = make_tracker(cfg)
+    tracker = make_tracker(cfg) if main else make_tracker(cfg, enabled=False)  # one MLflow run: rank 0's
     prev_id = read_status(run_dir).get("mlflow_run_id") if resuming else None
     run_name = f"{cfg.method.name}{'-' + cfg.tag if cfg.tag else ''}/{cfg.dataset.name}/{run_dir.name}"
     mlflow_id = tracker.start(run_name, prev_id, tags={
@@ -420,8 +444,9 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
         **({"mlflow.source.git.commit": str(env["git_commit"])} if env.get("git_commit") else {}),
         **{f"extra_dataset.{k}": v.name for k, v in cfg.extra_datasets.items()},
     }, parent_run_id=parent_run_id)
-    _update_status(run_dir, state="running", started=time.time(), mlflow_run_id=mlflow_id,
-                   config_hash=cfg.config_hash(), device=str(device))
+    if main:
+        _update_status(run_dir, state="running", started=time.time(), mlflow_run_id=mlflow_id,
+                       config_hash=cfg.config_hash(), device=str(device), world_size=distributed.world_size())
     tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"method": {"tune", "calibrate"}, "extra_datasets": True, "eval_dataset": True})))
     tracker.log_artifact(files.config)
     tracker.log_artifact(files.environment)
@@ -440,10 +465,14 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
             if on_epoch:
                 on_epoch(0, best)
         summary = {}
+        if not main:  # evaluation is rank 0's
+            return RunResult(run_dir, {}, None, best)
         if evaluate_test:
             calibrate_run(method, cfg, reader, splits, run_dir, tracker, progress=progress)
             summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress)
     except BaseException as exc:
+        if not main:
+            raise
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         if type(exc).__name__ == "TrialPruned":
             state = "pruned"

@@ -11,7 +11,8 @@ The search space is the method card's ``tune:`` block, one entry per dotted conf
 The objective is the best validation-split monitor value of a training run (the test split is never
 evaluated); every epoch is reported to Optuna and a median pruner stops weak trials. Each trial is an
 MLflow run nested under the study's parent run. The study lives in an Optuna storage (sqlite under the output
-root by default, or any RDB URL), so an interrupted study resumes and several worker processes can share it.
+root by default, any RDB URL such as PostgreSQL, or a journal file; `open_storage`), so an interrupted study
+resumes and several worker processes, on one machine or several, share it without losing or repeating a trial.
 The best parameters are written as a config overlay: ``bench run --config BEST.yaml``.
 """
 
@@ -117,7 +118,7 @@ class Study:
     def load(self):
         import optuna
 
-        storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=_engine_kwargs(self.storage_url))
+        storage = open_storage(self.storage_url)
         pruner = self.pruner or optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
                                                             n_warmup_steps=self.n_warmup_steps)
         from .runner import monitor_mode, monitor_name
@@ -312,8 +313,39 @@ def _count(study, states) -> int:
 
 
 def _engine_kwargs(url: str) -> dict:
-    # several processes on one sqlite file: wait for the lock instead of failing
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite"):  # several processes on one sqlite file: wait for the lock instead of failing
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}  # a server that dropped an idle connection (a long trial) is reconnected
+
+
+# SQLAlchemy dialect -> (module it needs, extra that installs it)
+DB_DRIVERS = {"postgresql+psycopg": ("psycopg", "postgres"), "postgresql+psycopg2": ("psycopg2", "postgres"),
+              "postgresql": ("psycopg2", "postgres"), "mysql+pymysql": ("pymysql", "mysql"),
+              "mysql": ("MySQLdb", "mysql")}
+
+
+def open_storage(url: str):
+    """The Optuna storage of a URL: any SQLAlchemy URL (sqlite:///..., postgresql+psycopg://user@host/db, mysql://)
+    through RDBStorage, or ``journal:///path/to/file.log``: Optuna's journal file, for a shared file system where no
+    database server runs (NFS-safe file locks)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the open(O_EXCL) lock works where flock does not (NFS)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    dialect = url.split("://", 1)[0]
+    if dialect in DB_DRIVERS:
+        import importlib.util
+
+        module, extra = DB_DRIVERS[dialect]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"--storage {dialect}://... needs the {module} driver: pip install "
+                              f"'physeg-bench[{extra}]'")
+    return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
 
 
 def tune(method: str, dataset: str, n_trials: int, *, workers: int = 1, storage: str | None = None,
