@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CARD_PATH_ENV = "BENCH_CARD_PATH"
 CARD_KINDS = ("methods", "datasets")
@@ -50,6 +50,16 @@ class AugmentConfig(Strict):
     flip: bool = True
     rot90: bool = True  # in-plane only for 3D
     intensity: float = Field(0.0, ge=0, description="std of a random gain/offset on the normalised image")
+
+
+class LabelNoiseConfig(Strict):
+    """Noisy-annotation protocol: training labels perturbed object by object (seeded, per image); validation and test
+    labels are never touched. An object is an instance (instance data) or a connected component of one class."""
+    rate: float = Field(0.0, ge=0, le=1, description="share of objects perturbed; 0: clean labels")
+    kinds: list[Literal["erode", "dilate", "drop"]] = Field(default_factory=lambda: ["erode", "dilate", "drop"],
+                                                             min_length=1)
+    radius: int = Field(2, ge=1, description="erosion / dilation radius in pixels (voxels)")
+    seed: int = 0
 
 
 class NormalizeConfig(Strict):
@@ -93,6 +103,7 @@ class TrainConfig(Strict):
     fraction_seed: int = 0
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    label_noise: LabelNoiseConfig = Field(default_factory=LabelNoiseConfig)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # auto: cuda when present, else cpu
     deterministic: bool = True
 
@@ -157,6 +168,12 @@ class SplitConfig(Strict):
     seed: int = 0
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self):  # a sweep's --folds typo fails when its configs resolve, not inside a task
+        if self.fold >= self.folds:
+            raise ValueError(f"fold={self.fold} but folds={self.folds} (folds are 0..{self.folds - 1})")
+        return self
 
 
 class MethodCard(Strict):

@@ -170,9 +170,11 @@ def load_or_create_splits(path: Path, ids: list[str], official, *, seed: int = 0
         _check_saved(path, saved, digest, official)
         return saved["splits"]
     splits = make_splits(ids, official, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"content_hash": digest, "official_hash": official_hash(official), "seed": seed,
-                                "splits": splits}, indent=1))
+    from .cache import atomic_write_text
+
+    # atomic: runs started at once on a fresh output root (a Ray / submitit sweep) must never read half a file
+    atomic_write_text(path, json.dumps({"content_hash": digest, "official_hash": official_hash(official),
+                                        "seed": seed, "splits": splits}, indent=1))
     return splits
 
 
@@ -202,9 +204,10 @@ def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int,
             val = all_folds[fold]
             return {"train": sorted(i for k, f in enumerate(all_folds) if k != fold for i in f), "val": val,
                     "test": test}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"content_hash": digest, "official_hash": official_hash(official), "seed": seed,
-                                    "test": test, "folds": all_folds}, indent=1))
+        from .cache import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"content_hash": digest, "official_hash": official_hash(official),
+                                            "seed": seed, "test": test, "folds": all_folds}, indent=1))
     val = all_folds[fold]
     train = sorted(i for k, f in enumerate(all_folds) if k != fold for i in f)
     return {"train": train, "val": val, "test": test}

@@ -28,7 +28,7 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -381,3 +381,42 @@ def print_check(report: dict[str, Any], console=None) -> None:
             console.print("  - " + err, markup=False, highlight=False)
     else:
         console.print("[green]no problems found[/green]")
+
+
+# ------------------------------------------------------------------------------------------------
+# noisy-annotation protocol (train.label_noise)
+
+
+def perturb_labels(label: np.ndarray, *, task: str, rate: float, kinds: Sequence[str], radius: int,
+                   seed: int, sample_id: str) -> np.ndarray:
+    """A copy of `label` with a seeded share `rate` of its objects eroded, dilated (into background only) or dropped
+    (set to background), one kind drawn per perturbed object. Objects: the instances of instance data, the connected
+    components of each class otherwise. The draw depends on (seed, sample id) only, so it is the same in every run."""
+    from scipy import ndimage as ndi
+
+    out = label.copy()
+    if rate <= 0:
+        return out
+    digest = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([seed, digest])
+    ball = ndi.iterate_structure(ndi.generate_binary_structure(label.ndim, 1), radius)
+    if task == "instance":
+        objects = [(label == k, k) for k in np.unique(label) if k != 0]
+    else:
+        objects = []
+        for c in np.unique(label):
+            if c == 0:
+                continue
+            comps, n = ndi.label(label == c)
+            objects += [(comps == k, c) for k in range(1, n + 1)]
+    for mask, value in objects:
+        if rng.random() >= rate:
+            continue
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind == "drop":
+            out[mask] = 0
+        elif kind == "erode":
+            out[mask & ~ndi.binary_erosion(mask, ball)] = 0
+        else:
+            out[ndi.binary_dilation(mask, ball) & (out == 0)] = value
+    return out

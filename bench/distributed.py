@@ -87,6 +87,14 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def _collective_device():
+    """Where a collective's tensor must live: the rank's GPU under nccl (it serves CUDA tensors only), else CPU."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Per-key mean over the ranks (train-loss sums for the epoch log); keys must agree."""
     if not is_distributed() or not values:
@@ -95,9 +103,21 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     import torch.distributed as dist
 
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """True when `ok` holds on every rank (one tiny all-reduce); `ok` itself in one process."""
+    if not is_distributed():
+        return ok
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([0 if ok else 1], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(t)
+    return int(t.item()) == 0
 
 
 def wrap(net, device):

@@ -41,7 +41,7 @@ class Task:
     data_root: str | None = None
     run_dir: str = ""
     cpus: int | None = None
-    gpus: float = 0
+    gpus: float | str = "auto"  # "auto": resolved by the launcher (where the tasks run, for Ray)
     memory_gb: float | None = None
 
 
@@ -87,12 +87,16 @@ def check_available(name: str) -> None:
             raise ConfigError(f"--launcher {name} needs {module}: pip install 'physeg-bench[{extra}]'")
 
 
-def resolve_gpus(gpus) -> float:
+def resolve_gpus(gpus, available: float | None = None) -> float:
+    """GPUs per task: a number as given; "auto": 1 where there are GPUs (`available`: the cluster's count, e.g.
+    Ray's; None: CUDA on this machine), else 0."""
     if gpus != "auto":
         return float(gpus)
-    import torch
+    if available is None:
+        import torch
 
-    return 1.0 if torch.cuda.is_available() else 0.0
+        available = torch.cuda.device_count()
+    return 1.0 if available > 0 else 0.0
 
 
 def launch(name: str, tasks: list[Task], opts, *, output_root: str | Path, progress: bool = False,
@@ -129,8 +133,19 @@ def _local(tasks, opts, output_root, progress):
     return results
 
 
+PATH_ENV = {"BENCH_DATA_ROOT", "BENCH_CARD_PATH", "BENCH_CACHE_DIR"}
+
+
 def _env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    """The forwarded variables, paths made absolute (a worker starts in another folder)."""
+    out = {}
+    for k in FORWARDED_ENV:
+        if k in os.environ:
+            v = os.environ[k]
+            if k in PATH_ENV:
+                v = os.pathsep.join(str(Path(p).expanduser().resolve()) if p else p for p in v.split(os.pathsep))
+            out[k] = v
+    return out
 
 
 def _ray(tasks, opts, output_root, progress):
@@ -140,14 +155,17 @@ def _ray(tasks, opts, output_root, progress):
     started = False
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": True, **ro.init}
+        runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+        runtime_env["env_vars"] = {**_env(), **(runtime_env.get("env_vars") or {})}
         address = ro.address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, runtime_env={"env_vars": _env()}, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
         started = True
         log.info("ray: %s", "connected to " + address if address else "started a local cluster")
     try:
         refs = {}
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)  # "auto": the cluster's GPUs, not the driver's
         for t in tasks:
-            options = {"num_cpus": t.cpus or 1, "num_gpus": t.gpus, "max_retries": 0}
+            options = {"num_cpus": t.cpus or 1, "num_gpus": resolve_gpus(t.gpus, cluster_gpus), "max_retries": 0}
             if t.memory_gb:
                 options["memory"] = int(t.memory_gb * 2**30)
             refs[ray.remote(execute).options(**options).remote(asdict(t))] = t
@@ -178,11 +196,14 @@ def _submitit(tasks, opts, output_root, progress):
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params: dict = {"timeout_min": so.timeout_min, "name": "bench-sweep"}
     if cluster != "debug":
+        import math
+
         cpus = max(t.cpus or 1 for t in tasks)
-        gpus = max(t.gpus for t in tasks)
+        # "auto" on SLURM would read the login node: a job asks for GPUs only when launcher.gpus says how many
+        gpus = max(0.0 if t.gpus == "auto" and cluster == "slurm" else resolve_gpus(t.gpus) for t in tasks)
         params.update(cpus_per_task=cpus, tasks_per_node=1, nodes=1)
         if gpus:
-            params["gpus_per_node"] = int(round(gpus))
+            params["gpus_per_node"] = math.ceil(gpus)
         mem = max((t.memory_gb or 0) for t in tasks)
         if mem:
             params["mem_gb"] = mem
@@ -208,7 +229,6 @@ def _submitit(tasks, opts, output_root, progress):
 
 
 def _with_env(task: dict, env: dict[str, str]) -> dict:
-    """A SLURM job starts from the user's login environment: the sweep's data root and stores come along."""
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
+    """A SLURM job starts from the user's login environment: the sweep's data root and stores replace it."""
+    os.environ.update(env)
     return execute(task)

@@ -125,9 +125,9 @@ class FitContext:
         self._cache_root = cache_root() / "samples"
 
     # -- data -----------------------------------------------------------------------------------
-    def sample_cache(self, reader: "DatasetReader | None" = None):
+    def sample_cache(self, reader: "DatasetReader | None" = None, noisy: bool = False):
         reader = reader or self.reader
-        if id(reader) not in self._caches:
+        if (id(reader), noisy) not in self._caches:
             card = reader.card
             # what changes the arrays: the data (card without splits/schedules, reader class, root) and the
             # method's targets (`Method.target_key`); not the split, the seed or the training schedule
@@ -136,8 +136,10 @@ class FitContext:
                    "reader": f"{type(reader).__module__}.{type(reader).__qualname__}",
                    "root": str(Path(reader.root).resolve()) if reader.root else None,
                    "method": self.method.target_key()}
-            self._caches[id(reader)] = SampleCache(self._cache_root / card.name, key)
-        return self._caches[id(reader)]
+            if noisy:  # the perturbed training labels are other arrays
+                key["label_noise"] = self.cfg.train.label_noise.model_dump(mode="json")
+            self._caches[(id(reader), noisy)] = SampleCache(self._cache_root / card.name, key)
+        return self._caches[(id(reader), noisy)]
 
     def train_ids(self) -> list[str]:
         from .data import DataError
@@ -167,8 +169,20 @@ class FitContext:
 
         reader = reader or self.reader
         what = "caching training cases" if with_targets else "caching evaluation cases"
-        return cache_cases(reader, ids, self.method, self.sample_cache(reader), with_targets=with_targets,
-                           progress=(lambda it: progress_bar(it, self.progress, what)) if self.progress else None)
+        noise = self.cfg.train.label_noise
+        # noisy-annotation protocol: the training labels of the run's dataset only (never val / test: those are
+        # evaluation cases, read without targets)
+        noisy = with_targets and noise.rate > 0 and reader is self.reader
+        perturb = None
+        if noisy:
+            from .datatools import perturb_labels
+
+            def perturb(label, sid):
+                return perturb_labels(label, task=reader.card.task, rate=noise.rate, kinds=noise.kinds,
+                                      radius=noise.radius, seed=noise.seed, sample_id=sid)
+        return cache_cases(reader, ids, self.method, self.sample_cache(reader, noisy), with_targets=with_targets,
+                           progress=(lambda it: progress_bar(it, self.progress, what)) if self.progress else None,
+                           perturb=perturb)
 
     def patch_dataset(self, ids: list[str] | None = None, *, reader: "DatasetReader | None" = None,
                       tc: "TrainConfig | None" = None, keys: list[str] | None = None):
@@ -276,7 +290,7 @@ class FitContext:
         if st and st.done:
             return state
         if state.get("stopped_early"):
-            if st:  # killed between the last checkpoint and the done marker
+            if st and distributed.is_main():  # killed between the last checkpoint and the done marker
                 st.finish({"epochs": state["epoch"], "best_value": state["best_value"]})
             return state
         method.on_fit_start(self)

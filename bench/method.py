@@ -418,8 +418,14 @@ def call_network(net, x, meta: dict | None = None):
 
 
 def check_finite(terms: dict[str, Any], where: str = "") -> None:
+    from . import distributed
+
     values = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in terms.items()}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    # under torchrun every rank stops together (the others would wait in DDP's gradient all-reduce)
+    if not distributed.all_ranks_agree(not bad) and not bad:
+        raise NonFiniteLossError(f"non-finite loss terms{f' ({where})' if where not in ('', 'main') else ''} on "
+                                 "another torchrun rank")
     if bad:
         raise NonFiniteLossError(f"non-finite loss terms{f' ({where})' if where not in ('', 'main') else ''}: {bad}")
 

@@ -137,11 +137,14 @@ class PatchDataset:
         return out
 
 
-def cache_cases(reader, ids: list[str], method, cache, *, with_targets: bool, progress=None) -> list:
+def cache_cases(reader, ids: list[str], method, cache, *, with_targets: bool, progress=None,
+                perturb=None) -> list:
     """Cached cases of `ids` (built on first use, one case in memory at a time).
 
     ``with_targets``: training cases (label -> the method's targets; a missing label is an error unless the
     method takes unlabelled images); otherwise evaluation cases (normalised image + label only).
+    ``perturb(label, sample_id) -> label``: the noisy-annotation protocol, applied before the targets are made
+    (the cache must then be keyed by its settings).
     """
     from .data import DataError
 
@@ -157,6 +160,8 @@ def cache_cases(reader, ids: list[str], method, cache, *, with_targets: bool, pr
             raise DataError(f"{reader.card.name}: image {sid!r} has no label, and "
                             f"{'training' if with_targets else 'evaluation'} needs one"
                             + (f" ({type(method).__name__} trains on labelled images only)" if with_targets else ""))
+        if perturb is not None and s.label is not None:
+            s.label = perturb(s.label, sid)
         targets = method.make_targets(s) if (with_targets and s.label is not None) else {}
         entry = cache.build(s, method.normalize(s.image), targets, with_targets=with_targets)
         del s, targets

@@ -128,13 +128,15 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
     resumed. `launcher` (default: the config's ``launcher.name``, i.e. local) says where the runs go
     (bench.launchers); a failed run is tried again `retries` times (default ``launcher.retries``), resuming."""
     from .config import resolve_config
-    from .launchers import SweepInterrupted, Task, launch, resolve_gpus
+    from .launchers import SweepInterrupted, Task, launch
     from .runfiles import RunFiles
     from .runner import CONFIG_FILE, load_run_config, method_availability, read_status
 
     report: dict[str, list] = {"ran": [], "skipped": [], "resumed": [], "failed": [], "unavailable": []}
     overlays = [str(o) for o in ([overlay] if isinstance(overlay, (str, Path)) else list(overlay or []))]
-    axes = [(d, m, seed, fold) for d in datasets for m in methods for seed in seeds for fold in (folds or [None])]
+    # a combination named twice is one run (one folder)
+    axes = list(dict.fromkeys((d, m, seed, fold) for d in datasets for m in methods for seed in seeds
+                              for fold in (folds or [None])))
     # every combination resolves before anything trains: a typo fails in seconds, not after the first runs
     plan = []
     for d, m, seed, fold in axes:
@@ -163,8 +165,7 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
                 continue
         lc = cfg.launcher
         tasks.append(Task(key=key, method=m, dataset=d, seed=seed, overrides=sets, overlay=overlays,
-                          data_root=data_root, run_dir=str(rd), cpus=lc.cpus, gpus=resolve_gpus(lc.gpus),
-                          memory_gb=lc.memory_gb))
+                          data_root=data_root, run_dir=str(rd), cpus=lc.cpus, gpus=lc.gpus, memory_gb=lc.memory_gb))
     if opts is None:
         return report
     name = launcher or opts.name

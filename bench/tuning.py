@@ -318,10 +318,13 @@ def _engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True}  # a server that dropped an idle connection (a long trial) is reconnected
 
 
-# SQLAlchemy dialect -> (module it needs, extra that installs it)
-DB_DRIVERS = {"postgresql+psycopg": ("psycopg", "postgres"), "postgresql+psycopg2": ("psycopg2", "postgres"),
-              "postgresql": ("psycopg2", "postgres"), "mysql+pymysql": ("pymysql", "mysql"),
-              "mysql": ("MySQLdb", "mysql")}
+# SQLAlchemy dialect -> (module it needs, what installs it)
+DB_DRIVERS = {"postgresql+psycopg": ("psycopg", "pip install 'physeg-bench[postgres]'"),
+              "postgresql+psycopg2": ("psycopg2", "pip install psycopg2-binary (or use postgresql+psycopg://, "
+                                                  "which the [postgres] extra installs)"),
+              "postgresql": ("psycopg2", "pip install psycopg2-binary (or use postgresql+psycopg://, which the "
+                                         "[postgres] extra installs)"),
+              "mysql+pymysql": ("pymysql", "pip install pymysql"), "mysql": ("MySQLdb", "pip install mysqlclient")}
 
 
 def open_storage(url: str):
@@ -341,10 +344,9 @@ def open_storage(url: str):
     if dialect in DB_DRIVERS:
         import importlib.util
 
-        module, extra = DB_DRIVERS[dialect]
+        module, hint = DB_DRIVERS[dialect]
         if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"--storage {dialect}://... needs the {module} driver: pip install "
-                              f"'physeg-bench[{extra}]'")
+            raise ConfigError(f"--storage {dialect}://... needs the {module} driver: {hint}")
     return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
 
 
