@@ -191,6 +191,9 @@ class MethodCard(Strict):
     tune: dict[str, Any] = Field(default_factory=dict)
     # post-processing grid chosen on the val split after training (bench.calibration): param -> values
     calibrate: dict[str, list[Any]] = Field(default_factory=dict)
+    # named variants of the card's settings (nnU-Net's configurations): preset -> a partial config ({params: ...,
+    # train: ...}) applied under --config/--set when the run config says `preset: NAME` (e.g. a CPU size)
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -242,6 +245,7 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    preset: str | None = None  # a method card's named preset (MethodCard.presets), e.g. "cpu"
     seed: int = 0
     tag: str = ""  # distinguishes runs of one method/dataset/seed with other settings
     data_root: str | None = None
@@ -261,8 +265,10 @@ class RunConfig(Strict):
     def config_hash(self) -> str:
         """Hash of what determines the result (not where it is written)."""
         # storage settings that change no number: keep_resume_state only decides what last.pt keeps
+        # presets: their effect is in the resolved params/train, so a preset added to a card changes no old run
         d = self.model_dump(mode="json", exclude={"output_root": True, "data_root": True, "tracking": True,
-                                                  "launcher": True, "train": {"keep_resume_state"}})
+                                                  "launcher": True, "train": {"keep_resume_state"},
+                                                  "preset": True, "method": {"presets"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -503,6 +509,20 @@ def resolve_config(
         return load_card_dict(card_path(kind, name), kind)
 
     m = deep_merge(card("methods", method, "method"), user.get("method", {}) or {})
+    preset = user.get("preset")
+    if preset:  # the card's preset lies under the user's own settings: --config / --set still win
+        presets = m.get("presets") or {}
+        if preset not in presets:
+            raise ConfigError(f"preset {preset!r}: method card {m.get('name')!r} has "
+                              + (f"the presets {', '.join(sorted(presets))}" if presets else "no presets"))
+        body = presets[preset] or {}
+        unknown = sorted(set(body) - {"params", "train", "eval"})
+        if unknown:
+            raise ConfigError(f"method card {m.get('name')!r}, presets.{preset}: unknown keys {unknown}; a preset "
+                              "sets params, train and eval")
+        user = deep_merge({"method": {"params": body.get("params", {})}, "train": body.get("train", {}),
+                           "eval": body.get("eval", {})}, user)
+        m = deep_merge(card("methods", method, "method"), user.get("method", {}) or {})
     d = deep_merge(card("datasets", dataset, "dataset"), user.get("dataset", {}) or {})
     mcard = validate(MethodCard, m, f"method card {m.get('name')!r}")
     dcard = validate(DatasetCard, d, f"dataset card {d.get('name')!r}")

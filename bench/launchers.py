@@ -172,7 +172,12 @@ def _ray(tasks, opts, output_root, progress):
         results = []
         pending = list(refs)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                done, pending = ray.wait(pending, num_returns=1)
+            except KeyboardInterrupt:  # stop the tasks still running; their folders resume next time
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
             for ref in done:
                 t = refs[ref]
                 try:
@@ -217,9 +222,16 @@ def _submitit(tasks, opts, output_root, progress):
     with ex.batch():  # one job array on SLURM
         jobs = [(ex.submit(_with_env, asdict(t), env), t) for t in tasks]
     results = []
-    for job, t in jobs:
+    for i, (job, t) in enumerate(jobs):
         try:
             results.append(job.result())
+        except KeyboardInterrupt:  # cancel the jobs still queued or running (SLURM: scancel)
+            for other, _ in jobs[i:]:
+                try:
+                    other.cancel(check=False)
+                except Exception as exc:  # a job that already ended
+                    log.warning("could not cancel job %s: %s", other.job_id, exc)
+            raise
         except Exception as exc:  # the job failed outside execute (killed, out of time, node failure)
             results.append({"key": t.key, "outcome": "failed", "error": f"submitit job {job.job_id}: "
                             f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",

@@ -392,6 +392,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     preflight(cfg)
     device = distributed.init(cfg.train.device)
     main = distributed.is_main()
+    if method_trains(cfg):  # every rank, before rank 0 touches the folder
+        distributed.local_batch_size(cfg.train.batch_size)
     progress = progress and main
     if data_root:
         cfg.data_root = str(data_root)

@@ -92,3 +92,25 @@ def test_several_overlays_merge_in_order(tmp_path):
     cfg = resolve_config("unet", "bbbc039", overlay=[a, b])
     assert (cfg.train.epochs, cfg.train.lr) == (3, 0.02)
     assert cfg.method.params["network"] == {"name": "monai_unet", "options": {"channels": [8, 16]}}
+
+
+def test_a_method_preset_lies_under_the_users_settings_and_outside_the_hash():
+    from bench.config import ConfigError, resolve_config
+
+    plain = resolve_config("pde3d_unet", "brats2015")
+    cpu = resolve_config("pde3d_unet", "brats2015", overrides=["preset=cpu"])
+    assert cpu.method.params["network"]["options"]["features"] == [8, 8, 16, 32, 64, 8]
+    assert cpu.method.params["network"]["options"]["pde_stages"] == ["stage3", "stage4"]  # the rest stays
+    assert plain.method.params["network"]["options"]["features"][0] == 32
+    mine = resolve_config("pde3d_unet", "brats2015", overrides=[
+        "preset=cpu", "method.params.network.options.features=[4,4,8,16,32,4]"])
+    assert mine.method.params["network"]["options"]["features"][0] == 4  # --set wins over the preset
+    # children inherit the preset; V-Net's replaces unet3d's (no widths to shrink)
+    assert resolve_config("pde3d_unet_k5", "brats2015", overrides=["preset=cpu"]).method.params[
+        "network"]["options"]["features"][0] == 8
+    assert resolve_config("vnet", "brats2015", overrides=["preset=cpu"]).method.params["network"]["options"] == {}
+    with pytest.raises(ConfigError, match="preset 'gpu': method card 'pde3d_unet' has the presets cpu"):
+        resolve_config("pde3d_unet", "brats2015", overrides=["preset=gpu"])
+    # a preset added to a card changes the hash of no run that does not use it
+    edited = resolve_config("pde3d_unet", "brats2015", overrides=["method.presets.tiny.params.lambda_pde=0.5"])
+    assert edited.config_hash() == plain.config_hash()

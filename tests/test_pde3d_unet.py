@@ -83,3 +83,12 @@ def test_a_tiny_pde3d_unet_run_on_brats2015_finishes(tmp_path):
     result = run(cfg, progress=False)
     assert result.summary["n_images"] == 1
     assert 0 <= result.summary["metrics"]["dice"] <= 1
+
+
+def test_without_deep_supervision_the_heads_are_not_built():
+    # heads that never reach the loss would be unused parameters, which DistributedDataParallel refuses
+    _, m = _method("pde3d_unet", TINY_NET, "method.params.deep_supervision_weight=0")
+    assert len(m.networks["net"].heads) == 0
+    m.train_mode(True)
+    out = m.forward(torch.randn(1, 2, 32, 32, 32), {"spacing": torch.ones(1, 3)})
+    assert out.shape == (1, 4, 32, 32, 32) and m.networks["net"].aux_logits == []

@@ -38,6 +38,14 @@ class PDE3DParams(UNetParams):
 class PDE3DUNet(UNet):
     Params = PDE3DParams
 
+    def build(self) -> None:
+        super().build()
+        net = self.networks["net"]
+        if not self.params.deep_supervision_weight and getattr(net, "heads", None) is not None:
+            from torch import nn
+
+            net.heads = nn.ModuleList()  # heads outside the loss would be unused parameters (DDP refuses them)
+
     def loss(self, outputs, batch):
         import torch
         import torch.nn.functional as F
