@@ -19,7 +19,8 @@ SMALL_NET = ["method.params.network={name: monai_unet, options: {_delete_: true,
 def test_field_method_trains_and_evaluates(method, tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     cfg = resolve_config(method, "bbbc039", overrides=FAST_RUN + SMALL_NET + [
-        f"output_root={tmp_path}", "tracking.enabled=false", "eval.max_images=2"])
+        f"output_root={tmp_path}", "tracking.enabled=false", "eval.max_images=2",
+        "eval.calibrate=false"])  # calibration of a field method: tests/test_calibration.py
     res = run(cfg, progress=False)
     assert res.summary["n_images"] == 2 and "pq" in res.summary["metrics"]
     hist = (res.run_dir / "history.csv").read_text()
