@@ -114,3 +114,10 @@ def test_a_method_preset_lies_under_the_users_settings_and_outside_the_hash():
     # a preset added to a card changes the hash of no run that does not use it
     edited = resolve_config("pde3d_unet", "brats2015", overrides=["method.presets.tiny.params.lambda_pde=0.5"])
     assert edited.config_hash() == plain.config_hash()
+
+
+def test_a_preset_with_keys_it_cannot_set_is_refused():
+    from bench.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=r"presets.bad: unknown keys \['seed'\]"):
+        resolve_config("pde3d_unet", "brats2015", overrides=["method.presets.bad.seed=3", "preset=bad"])

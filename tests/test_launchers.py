@@ -111,3 +111,23 @@ def test_a_missing_engine_gives_an_install_hint(monkeypatch):
         check_available("ray")
     with pytest.raises(ConfigError, match="choose one of local, ray, submitit"):
         check_available("dask")
+
+
+def test_a_combination_named_twice_is_one_task_and_forwarded_paths_are_absolute(tmp_path, monkeypatch):
+    import os
+
+    import bench.launchers as launchers
+    from bench.results import sweep
+
+    calls = []
+    monkeypatch.setattr(launchers, "execute", lambda task, progress=False: calls.append(task.key) or
+                        {"key": task.key, "outcome": "ran", "error": None})
+    rep = sweep(["classic_watershed"], ["bbbc039"], [0, 0], progress=False,
+                overrides=[f"output_root={tmp_path}", "tracking.enabled=false"])
+    assert calls == ["classic_watershed/bbbc039/seed0"] and rep["ran"] == calls
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_DATA_ROOT", "data")
+    monkeypatch.setenv("BENCH_CARD_PATH", os.pathsep.join(["cards", "/abs/cards"]))
+    env = launchers._env()
+    assert env["BENCH_DATA_ROOT"] == str(tmp_path.resolve() / "data")
+    assert env["BENCH_CARD_PATH"] == os.pathsep.join([str(tmp_path.resolve() / "cards"), "/abs/cards"])
