@@ -161,6 +161,39 @@ def eval_cmd(
 
 
 @app.command()
+def ceiling(
+    method: str = typer.Option(..., "--method", "-m", help="Method card whose representation is measured."),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    sets: Optional[list[str]] = SetOpt,
+    config: Optional[list[Path]] = ConfigOpt,
+    split: str = typer.Option("test", "--split", help="Split whose labels are round-tripped."),
+    output_root: Optional[Path] = typer.Option(None, "--output-root", help="Root of the run folders (default ./runs)."),
+    data_root: Optional[Path] = DataRootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Round-trip ceiling of a representation: label -> perfect output -> post-processing -> metrics (no training);
+    written to RUNS/<dataset>/<method>/ceiling/ and shown by `bench leaderboard`."""
+
+    def body():
+        from .ceiling import ceiling_dir, representation_ceiling
+        from .config import resolve_config
+
+        extra = list(sets or []) + ([f"output_root={output_root}"] if output_root else [])
+        cfg = resolve_config(method, dataset, overlay=config, overrides=extra)
+        summary = representation_ceiling(cfg, split=split, data_root=str(data_root) if data_root else None,
+                                         progress=not quiet)
+        m = summary["metrics"]
+        keys = [k for k in ("ap@0.50", "f1@0.50", "pq", "map", "dice", "iou") if k in m]
+        typer.echo(f"{method} on {dataset} ({summary['n_images']} {split} images): "
+                   + ", ".join(f"{k} {m[k]:.4f}" for k in keys)
+                   + f"; post-processing {summary['seconds_per_image']['postprocess']:.2f} s/image")
+        typer.echo(f"wrote {ceiling_dir(cfg)}")
+
+    _setup_logging(quiet)
+    _guard(body)
+
+
+@app.command()
 def calibrate(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     data_root: Optional[Path] = DataRootOpt,
@@ -333,6 +366,7 @@ def leaderboard_cmd(
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the tables and figures to MLflow."),
     note: Optional[str] = typer.Option(None, "--note", help="A line for the markdown header (e.g. how the runs were made)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Pair every row with this one (verdict per metric)."),
+    name: Optional[str] = typer.Option(None, "--name", help="File stem of the tables (default: the dataset name)."),
     data_root: Optional[Path] = DataRootOpt,
 ) -> None:
     """Leaderboard of every method's finished runs: mean, 95% bootstrap CI, mean ± sd over seeds, provenance
@@ -347,7 +381,7 @@ def leaderboard_cmd(
         written = leaderboard(dataset, output_root=output_root, out_dir=out, formats=_csv(formats),
                               metrics=_csv(metrics) or None, methods=_csv(methods) or None, reported=reported,
                               command=command, log_mlflow=not no_mlflow, note=note, baseline=baseline,
-                              data_root=str(data_root) if data_root else None)
+                              data_root=str(data_root) if data_root else None, name=name)
         for p in written.values():
             typer.echo(f"wrote {p}")
         if "md" in written:

@@ -223,7 +223,7 @@ def _fmt(c: Cell | None, digits: int = 3) -> tuple[str, str]:
 
 
 def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command: str, task: str,
-           note: str | None = None, sections: list[str] | None = None) -> str:
+           note: str | None = None, sections: list[str] | None = None, stem: str | None = None) -> str:
     """One table format; `sections` (markdown lines, e.g. the baseline pairing) go after the tables."""
     best = best_labels(rows, metrics)
     measured = [r for r in rows if not r.reported and r.comparable]
@@ -251,7 +251,8 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             recs.append(rec)
         return pd.DataFrame(recs).to_csv(index=False)
     if fmt == "md":
-        lines = [f"# Leaderboard: {dataset} ({task})", "",
+        title = dataset if (stem or dataset) == dataset else f"{stem} ({dataset})"
+        lines = [f"# Leaderboard: {title} ({task})", "",
                  f"Each cell: mean over test images (per-image values averaged over seeds), its 95% bootstrap "
                  f"confidence interval over images, and (mean ± sd over seeds). Best measured value per column in "
                  f"bold. Metric definitions: [{METRICS_DOC}](../{METRICS_DOC}). Regenerate with:", "",
@@ -283,7 +284,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
             for r in reported:
                 lines.append(f"| {r.label} (reported) | " + " | ".join(_fmt(r.cells.get(m))[0] for m in metrics)
                              + f" | {r.citation} |")
-        lines += (sections or []) + budget_section(measured + apart, dataset)
+        lines += (sections or []) + budget_section(measured + apart, stem or dataset)
         lines += ["", "## Provenance", ""]
         for r in measured + apart:
             p = r.provenance
@@ -319,7 +320,7 @@ def render(rows: list[Row], metrics: list[str], dataset: str, fmt: str, command:
     raise ValueError(f"unknown format {fmt!r}: choose md, csv, tex (html: the report, bench.report)")
 
 
-def budget_section(rows: list[Row], dataset: str) -> list[str]:
+def budget_section(rows: list[Row], stem: str) -> list[str]:
     """The budget of every trained row and its convergence verdict, computed from the runs' histories."""
     from .results import RISING_TAIL, RISING_TOL
 
@@ -327,7 +328,7 @@ def budget_section(rows: list[Row], dataset: str) -> list[str]:
     if not trained:
         return []
     lines = ["", "## Budget and convergence", "",
-             f"Validation curves of every trained row: [{dataset}_curves.png]({dataset}_curves.png). A row is marked "
+             f"Validation curves of every trained row: [{stem}_curves.png]({stem}_curves.png). A row is marked "
              f"under-trained when, for some seed, the best validation score in the last {RISING_TAIL:.0%} of its "
              f"budget beats the best before it by more than {RISING_TOL:.0%} (relative), i.e. its curve had not "
              "flattened.", "",
@@ -349,7 +350,59 @@ def budget_section(rows: list[Row], dataset: str) -> list[str]:
     return lines
 
 
-def curves_figure(rows: list[Row], dataset: str, out_dir: Path) -> Path | None:
+def _training_minutes(run_dir: str | Path) -> float | None:
+    """Wall time of a run's final training loop (its history's per-epoch seconds, validation included)."""
+    import pandas as pd
+
+    from .runfiles import RunFiles
+
+    path = RunFiles(Path(run_dir)).history()
+    if not path.is_file():
+        return None
+    h = pd.read_csv(path)
+    cols = [c for c in ("seconds", "val_seconds") if c in h]
+    return float(h[cols].fillna(0).to_numpy().sum()) / 60 if cols else None
+
+
+def ceiling_section(rows: list[Row], metrics: list[str], dataset: str, output_root: str | Path) -> list[str]:
+    """Each measured row next to its representation's round-trip ceiling (`bench ceiling`), with times."""
+    from .ceiling import read_ceiling
+
+    measured = [r for r in rows if not r.reported]
+    ceilings = {r.label: read_ceiling(output_root, dataset, r.label) for r in measured}
+    if not any(ceilings.values()):
+        return []
+    summaries = {}
+    for run in finished_runs(output_root, dataset):
+        summaries.setdefault(run.label, []).append(run.summary)
+    lines = ["", "## Representation ceilings and time", "",
+             "Ceiling: the method's post-processing applied to the output a perfect network would give (its exact "
+             "target, from the label), scored with the same metric code on the same test images "
+             "(`bench ceiling`); the trained value is the row above. Times on the runs' machine: training (wall "
+             "minutes per run, validation included), prediction per test image (network + post-processing), and "
+             "post-processing alone per image (from the ceiling).", "",
+             "| method | " + " | ".join(f"{m} ceiling / trained" for m in metrics)
+             + " | training min/run | predict s/image | post-process s/image |",
+             "|---|" + "---|" * len(metrics) + "---|---|---|"]
+    for r in measured:
+        c = ceilings[r.label]
+        cells = []
+        for m in metrics:
+            top = (c or {}).get("metrics", {}).get(m)
+            got = r.cells.get(m)
+            cells.append(f"{'—' if top is None else f'{top:.3f}'} / {'—' if got is None else f'{got.mean:.3f}'}")
+        if c and c.get("test_ids_hash") and r.image_set and c["test_ids_hash"] != r.image_set:
+            cells = [x + " (other images)" for x in cells]
+        mins = [t for t in (_training_minutes(d) for d in r.provenance.get("runs", [])) if t is not None]
+        pred = [s["seconds_per_image"] for s in summaries.get(r.label, []) if s.get("seconds_per_image") is not None]
+        post = (c or {}).get("seconds_per_image", {}).get("postprocess")
+        times = [f"{np.mean(mins):.1f}" if mins else "—", f"{np.mean(pred):.2f}" if pred else "—",
+                 "—" if post is None else f"{post:.2f}"]
+        lines.append(f"| {r.label} | " + " | ".join(cells + times) + " |")
+    return lines
+
+
+def curves_figure(rows: list[Row], stem: str, out_dir: Path) -> Path | None:
     """Validation curve (monitor against optimiser steps) of every seed of every trained row."""
     import matplotlib
 
@@ -368,13 +421,14 @@ def curves_figure(rows: list[Row], dataset: str, out_dir: Path) -> Path | None:
         ax.set_ylabel(f"val {r.curves[0].monitor}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    p = out_dir / f"{dataset}_curves.png"
+    p = out_dir / f"{stem}_curves.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
 
 
-def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, output_root: str | Path) -> list[Path]:
+def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, output_root: str | Path,
+            stem: str | None = None) -> list[Path]:
     """Bar chart of the means with their CIs, and the per-image distributions."""
     import matplotlib
 
@@ -395,7 +449,7 @@ def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, ou
         ax.set_title(f"{m} (mean, 95% CI)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    p = out_dir / f"{dataset}_bars.png"
+    p = out_dir / f"{stem or dataset}_bars.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
@@ -417,7 +471,7 @@ def figures(rows: list[Row], metrics: list[str], dataset: str, out_dir: Path, ou
             ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=9)
         ax.set_title(f"{m} per test image", fontsize=10)
     fig.tight_layout()
-    p = out_dir / f"{dataset}_per_image.png"
+    p = out_dir / f"{stem or dataset}_per_image.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
@@ -474,11 +528,14 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
                 formats: list[str] = ("md",), metrics: list[str] | None = None, methods: list[str] | None = None,
                 reported: str | Path | None = None, command: str | None = None, log_mlflow: bool = True,
                 n_boot: int = 2000, note: str | None = None, baseline: str | None = None,
-                data_root: str | None = None) -> dict[str, Path]:
+                data_root: str | None = None, name: str | None = None) -> dict[str, Path]:
+    """The leaderboard files of `dataset` in `out_dir`, named ``<name or dataset>.<format>`` (a second table of
+    one dataset, e.g. ``representations_bbbc039``, gets a name of its own)."""
     from .config import ConfigError, check_name
 
     try:  # the dataset names the output files: no separators, no '..'
         check_name(dataset, "dataset name")
+        stem = check_name(name, "leaderboard name") if name else dataset
         for m in methods or []:
             check_name(m, "method name")
     except ValueError as exc:
@@ -490,24 +547,25 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     command = command or f"bench leaderboard --dataset {dataset} --out {out_dir}"
     extra = baseline_section(rows, metrics, dataset, baseline, output_root, n_boot) if baseline else []
+    extra += ceiling_section(rows, metrics, dataset, output_root)
     written = {}
     for fmt in formats:
         if fmt == "html":
             continue  # the report, below: it embeds the figures
-        p = out_dir / f"{dataset}.{fmt}"
-        p.write_text(render(rows, metrics, dataset, fmt, command, task, note, sections=extra))
+        p = out_dir / f"{stem}.{fmt}"
+        p.write_text(render(rows, metrics, dataset, fmt, command, task, note, sections=extra, stem=stem))
         written[fmt] = p
-    figs = [f for f in figures(rows, metrics, dataset, out_dir, output_root) + [curves_figure(rows, dataset, out_dir)]
+    figs = [f for f in figures(rows, metrics, dataset, out_dir, output_root, stem) + [curves_figure(rows, stem, out_dir)]
             if f is not None]
     for f in figs:
         written[f.stem] = f
     if "html" in formats:
         from .report import write_report
 
-        md = render(rows, metrics, dataset, "md", command, task, note, sections=extra)
+        md = render(rows, metrics, dataset, "md", command, task, note, sections=extra, stem=stem)
         written["html"] = write_report(md, rows, metrics, dataset, out_dir, figs, output_root, data_root,
-                                       method_colours([r.label for r in rows if not r.reported]))
-    (out_dir / f"{dataset}.provenance.json").write_text(json.dumps(
+                                       method_colours([r.label for r in rows if not r.reported]), stem=stem)
+    (out_dir / f"{stem}.provenance.json").write_text(json.dumps(
         {r.label: r.provenance for r in rows if not r.reported}, indent=1))
     if log_mlflow:
         from .tracking import Tracker

@@ -192,7 +192,7 @@ class FitContext:
         cases = self.cases(self.train_ids() if ids is None else ids, reader=reader)
         n_items = (tc.steps_per_epoch or max(1, -(-len(cases) // tc.batch_size))) * tc.batch_size
         return PatchDataset(cases, tc.patch_size, n_items, tc.augment, (reader or self.reader).card.ndim,
-                            self.cfg.seed, tc.sampling.foreground_fraction, keys)
+                            self.cfg.seed, tc.sampling.foreground_fraction, keys, self.method.target_transforms())
 
     # -- scoring --------------------------------------------------------------------------------
     def score(self, ids: list[str] | None = None, *, reader: "DatasetReader | None" = None) -> dict[str, float]:

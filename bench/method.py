@@ -9,6 +9,7 @@ Construction and data
   Training-free methods set ``trainable = False``.
 - ``make_targets(sample)``: per-pixel training targets from the label (``bench.targets.compute_target`` for
   registered ones), cached on disk per case by the core. Arrays share the image's spatial shape.
+- ``target_transforms()``: how a vector-valued target changes under the flips / rotations of augmentation.
 - ``normalize(image)``: input normalisation (default: the dataset card's ``normalize``); a method with a
   pretrained model's own normalisation overrides it.
 - ``requires_labels``: False lets training cases without a label through (an unlabelled target domain).
@@ -38,6 +39,8 @@ Inference
 - ``predict_raw(image, meta=...)``: network output for a whole normalised image (sliding window when large).
 - ``postprocess(raw)``: raw output -> label image (class map or instance labels). It reads its settings from
   ``self.params`` at call time; those named in ``postprocess_params`` may be calibrated on the val split.
+- ``ideal_raw(sample)``: the raw output a perfect network would give (from the label); the representation's
+  round-trip ceiling is ``postprocess`` of it (`bench ceiling`).
 """
 
 from __future__ import annotations
@@ -235,6 +238,12 @@ class Method:
         """Per-pixel targets; the default passes the label on."""
         return {"label": sample.label}
 
+    def target_transforms(self) -> dict[str, Any]:
+        """Target key -> ``fn(array, op, arg)`` that corrects a target's values after a flip or 90° rotation of
+        the crop (vector components change sign, rays change places; `bench.pipeline.augment`). Module-level
+        functions, so that data-loader workers can pickle them. Default: none (scalar targets)."""
+        return {}
+
     def normalize(self, image: np.ndarray) -> np.ndarray:
         from .pipeline import normalize
 
@@ -307,6 +316,12 @@ class Method:
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement postprocess()")
+
+    def ideal_raw(self, sample: Sample) -> np.ndarray | None:
+        """The ``predict_raw`` output of a perfect network for this sample, made from its label (e.g. the exact
+        target field, one-hot classes); ``postprocess(ideal_raw(s))`` against the label is the ceiling of the
+        method's representation (`bench ceiling`). None: the method has no such output (training-free ones)."""
+        return None
 
     def predict(self, image: np.ndarray, patch_size: list[int] | None = None, overlap: float = 0.25,
                 meta: dict | None = None) -> np.ndarray:

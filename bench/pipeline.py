@@ -40,19 +40,30 @@ def _pad_to(a: np.ndarray, patch: tuple[int, ...], ndim: int) -> np.ndarray:
     return np.pad(a, pad, mode="constant")
 
 
-def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, cfg: "AugmentConfig", ndim: int) -> None:
-    """Same random flips / in-plane 90° rotations on every array (last `ndim` axes spatial), in place."""
+def augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, cfg: "AugmentConfig", ndim: int,
+            transforms: dict | None = None) -> None:
+    """Same random flips / in-plane 90° rotations on every array (last `ndim` axes spatial), in place.
+
+    ``transforms``: key -> ``fn(array, op, arg)`` for targets whose values change with the geometry (flow
+    vectors, ray distances; `bench.method.Method.target_transforms`), called after the array was moved with
+    ``op="flip", arg=ax`` (axis ``-ax`` reversed) or ``op="rot90", arg=k`` (``np.rot90(a, k, axes=(-2, -1))``).
+    """
     keys = list(arrays)
+    fix = transforms or {}
     if cfg.flip:
         for ax in range(1, ndim + 1):
             if rng.random() < 0.5:
                 for k in keys:
                     arrays[k] = np.flip(arrays[k], axis=-ax)
+                    if k in fix:
+                        arrays[k] = fix[k](arrays[k], "flip", ax)
     if cfg.rot90:
         k90 = int(rng.integers(0, 4))
         if k90:
             for k in keys:
                 arrays[k] = np.rot90(arrays[k], k90, axes=(-2, -1))
+                if k in fix:
+                    arrays[k] = fix[k](arrays[k], "rot90", k90)
     if cfg.intensity > 0:
         gain = 1 + rng.normal(0, cfg.intensity)
         offset = rng.normal(0, cfg.intensity)
@@ -83,6 +94,7 @@ class PatchDataset:
         seed: int,
         foreground_fraction: float = 0.0,
         keys: list[str] | None = None,
+        target_transforms: dict | None = None,
     ) -> None:
         if not cases:
             raise ValueError("no training cases")
@@ -93,6 +105,7 @@ class PatchDataset:
         self.n_items, self.augment_cfg, self.ndim, self.seed = n_items, augment_cfg, ndim, seed
         self.foreground_fraction = float(foreground_fraction)
         self.keys = keys
+        self.target_transforms = target_transforms or {}
         self.with_ignore = any("ignore" in c.keys for c in cases)
         self.epoch = 0
 
@@ -130,7 +143,7 @@ class PatchDataset:
             crop = np.array(case.array("ignore")[sl]) if "ignore" in case.keys else np.zeros(
                 tuple(min(p, s - a) for p, s, a in zip(self.patch, case.shape, o)), bool)
             arrays["ignore"] = _pad_to(crop, self.patch, self.ndim)
-        augment(arrays, rng, self.augment_cfg, self.ndim)
+        augment(arrays, rng, self.augment_cfg, self.ndim, self.target_transforms)
         out = {k: torch.from_numpy(v) for k, v in arrays.items()}
         out["spacing"] = torch.tensor(case.spacing, dtype=torch.float32)
         out["id"] = case.id

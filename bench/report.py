@@ -194,8 +194,8 @@ def _inline_images(html: str, out_dir: Path) -> str:
 
 
 def write_report(md_text: str, rows, metrics: list[str], dataset: str, out_dir: Path, figures: list[Path],
-                 output_root: str | Path, data_root: str | None = None, colours: dict[str, str] | None = None
-                 ) -> Path:
+                 output_root: str | Path, data_root: str | None = None, colours: dict[str, str] | None = None,
+                 stem: str | None = None) -> Path:
     """leaderboards/<dataset>.html: the markdown document, its figures and the galleries in one file."""
     import markdown
 
@@ -215,6 +215,6 @@ def write_report(md_text: str, rows, metrics: list[str], dataset: str, out_dir: 
     html = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{escape(dataset)} results"
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
-    p = out_dir / f"{dataset}.html"
+    p = out_dir / f"{stem or dataset}.html"
     p.write_text(_inline_images(html, out_dir))
     return p

@@ -87,6 +87,9 @@ class FieldRegression(Method):
                                "foreground; objects under `min_size` pixels dropped "
                                "(`bench.fields.field_to_instances`)."}
 
+    def ideal_raw(self, sample: Sample) -> np.ndarray:
+        return self.field_of(sample.label, sample.spacing).astype(np.float32)[None]
+
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         from ..fields import field_to_instances
 

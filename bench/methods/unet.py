@@ -3,10 +3,14 @@
 Semantic datasets: one output per class, cross-entropy + soft Dice, argmax.
 Instance datasets: the usual nuclei baseline (Caicedo et al. 2019, BBBC039): three classes
 (background, cell interior, cell boundary); instances are the connected components of the interior,
-grown back over the predicted foreground.
+grown back over the predicted foreground. ``instance_target: binary`` is the plainest representation:
+foreground vs background, instances as connected components (touching objects merge: its ceiling says how
+often that happens).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +27,9 @@ class UNetParams(BaseModel):
     dice_weight: float = Field(1.0, ge=0, description="weight of the soft Dice term next to cross-entropy")
     boundary_width: int = Field(2, ge=1, description="instance task: boundary class width in pixels")
     min_size: int = Field(0, ge=0, description="instance task: drop predicted objects smaller than this")
+    instance_target: Literal["three_class", "binary"] = Field(
+        "three_class", description="instance task: background/interior/boundary + watershed, or foreground + "
+                                   "connected components")
 
 
 def instance_to_three_class(label: np.ndarray, width: int) -> np.ndarray:
@@ -49,6 +56,17 @@ def three_class_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
+def binary_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """(2, *spatial) background/foreground probabilities -> connected components of the foreground."""
+    from skimage.measure import label as connected_components
+    from skimage.morphology import remove_small_objects
+
+    fg = prob.argmax(0) == 1
+    if min_size:
+        fg = remove_small_objects(fg, min_size=min_size)
+    return connected_components(fg, connectivity=1).astype(np.int32)
+
+
 @register_method("unet", description="plain UNet: semantic classes, or 3-class (interior/boundary) instances")
 class UNet(Method):
     Params = UNetParams
@@ -56,8 +74,14 @@ class UNet(Method):
     postprocess_params = ("min_size",)
 
     @property
+    def binary_instances(self) -> bool:
+        return self.dataset.task == "instance" and self.params.instance_target == "binary"
+
+    @property
     def n_out(self) -> int:
-        return 3 if self.dataset.task == "instance" else self.dataset.num_classes
+        if self.dataset.task == "instance":
+            return 2 if self.binary_instances else 3
+        return self.dataset.num_classes
 
     def build(self) -> None:
         self.networks["net"] = self.build_network(self.params.network, self.n_out)
@@ -67,9 +91,17 @@ class UNet(Method):
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:
         lab = sample.label
+        if self.binary_instances:
+            from ..targets import compute_target
+
+            return {"target": compute_target("binary", lab)}
         if self.dataset.task == "instance":
             return {"target": instance_to_three_class(lab, self.params.boundary_width)}
         return {"target": lab.astype(np.int64)}
+
+    def ideal_raw(self, sample: Sample) -> np.ndarray:
+        target = self.make_targets(sample)["target"]
+        return (np.arange(self.n_out).reshape((-1,) + (1,) * target.ndim) == target[None]).astype(np.float32)
 
     def loss(self, outputs, batch):
         import torch.nn.functional as F
@@ -99,6 +131,12 @@ class UNet(Method):
         return raw.softmax(1)
 
     def export_outputs(self) -> dict:
+        if self.binary_instances:
+            return {"channel_names": ["background", "foreground"], "activation": "softmax",
+                    "description": "Per-pixel probabilities of background and foreground.",
+                    "postprocess": "Instances: connected components (face connectivity) of the pixels whose argmax "
+                                   "is foreground; objects under `min_size` pixels dropped "
+                                   "(`bench.methods.unet.binary_to_instances`)."}
         if self.dataset.task == "instance":
             return {"channel_names": ["background", "interior", "boundary"], "activation": "softmax",
                     "description": "Per-pixel probabilities of background, object interior and object boundary.",
@@ -110,6 +148,8 @@ class UNet(Method):
                 "description": "Per-pixel class probabilities.", "postprocess": "Labels: argmax over the channels."}
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        if self.binary_instances:
+            return binary_to_instances(raw, self.params.min_size)
         if self.dataset.task == "instance":
             return three_class_to_instances(raw, self.params.min_size)
         return raw.argmax(0).astype(np.int32)
