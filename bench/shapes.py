@@ -38,12 +38,16 @@ class ICNN(nn.Module):
         self.hid = nn.ParameterList([nn.Parameter(torch.rand(width, width) / width) for _ in range(depth - 1)])
         self.out_z = nn.Parameter(torch.rand(width) / width)
         self.out_x = nn.Linear(dim, 1)
+        # + quad * |x - centre|^2 with quad >= 0: convex too; 0 at first, set by init_disc for a warm start
+        self.quad = nn.Parameter(torch.zeros(()))
+        self.centre = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.softplus(self.inp[0](x))
         for lin, u in zip(self.inp[1:], self.hid):
             z = F.softplus(z @ u.clamp(min=0).T + lin(x))
-        return z @ self.out_z.clamp(min=0) + self.out_x(x)[..., 0]
+        bowl = self.quad.clamp(min=0) * ((x - self.centre) ** 2).sum(-1)
+        return z @ self.out_z.clamp(min=0) + self.out_x(x)[..., 0] + bowl
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -51,6 +55,15 @@ class ICNN(nn.Module):
         for u in self.hid:
             u.clamp_(min=0)
         self.out_z.clamp_(min=0)
+        self.quad.clamp_(min=0)
+
+    @torch.no_grad()
+    def init_disc(self, centre: torch.Tensor, radius: float) -> None:
+        """Start as (about) the disc of this centre and radius: G ~ |x - c|^2 / r^2 - 1 (the network's other terms
+        are shifted out at the centre)."""
+        self.centre.copy_(centre)
+        self.quad.fill_(1.0 / max(radius, 1e-3) ** 2)
+        self.out_x.bias.sub_(float(self(centre[None])[0]) + 1.0)
 
 
 def _mlp(d_in: int, d_out: int, width: int = 32) -> nn.Sequential:
@@ -68,6 +81,9 @@ class Convex(nn.Module):
     def project_(self):
         self.g.project_()
 
+    def init_disc(self, centre, radius):
+        self.g.init_disc(centre, radius)
+
 
 class StarShaped(nn.Module):
     """G(x) = |x - c| - r(theta), r = softplus(MLP(cos theta, sin theta)) + r_min > 0."""
@@ -84,6 +100,12 @@ class StarShaped(nn.Module):
         theta = torch.atan2(d[..., 1], d[..., 0])
         r = F.softplus(self.radius(torch.stack([theta.cos(), theta.sin()], -1))[..., 0]) + self.r_min
         return rho - r
+
+    @torch.no_grad()
+    def init_disc(self, centre, radius):
+        self.centre.copy_(centre)
+        r = max(radius - self.r_min, 1e-3)
+        self.radius[-1].bias.fill_(math.log(math.expm1(r)))  # softplus^-1: about this radius in every direction
 
 
 class MirrorSymmetric(nn.Module):
@@ -182,6 +204,25 @@ class PathConnected(nn.Module):
     def project_(self):
         self.convex.project_()
 
+    def init_disc(self, centre, radius):
+        self.convex.init_disc(centre, radius)  # the flow starts as the identity
+
+
+def init_from_map(model: nn.Module, prob: np.ndarray) -> None:
+    """Warm start: the disc with the map's foreground centroid and area (coordinates of `pixel_coords`), for the
+    representations that have one (convex, star, connected); a constraint holds for any weights, so this only
+    shortens the fit."""
+    if not hasattr(model, "init_disc"):
+        return
+    p = torch.as_tensor(np.asarray(prob, np.float32)).ravel()
+    mass = float(p.sum())
+    if mass <= 0:
+        return
+    coords = pixel_coords(prob.shape)
+    centre = (coords * p[:, None]).sum(0) / mass
+    pixel = 2.0 / max(prob.shape)  # one pixel in these coordinates
+    model.init_disc(centre, math.sqrt(mass / math.pi) * pixel)
+
 
 def make(kind: str, **kw) -> nn.Module:
     """A representation by name (one of `KINDS`); keyword arguments go to its class (width, k, layers)."""
@@ -218,6 +259,7 @@ def fit_projection(prob: np.ndarray, kind: str, *, steps: int = 300, points: int
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = make(kind, **kw)
+    init_from_map(model, prob)
     p = torch.as_tensor(np.asarray(prob, np.float32)).ravel()
     coords = pixel_coords(prob.shape)
     fg = float(p.sum())
@@ -234,3 +276,67 @@ def fit_projection(prob: np.ndarray, kind: str, *, steps: int = 300, points: int
         if hasattr(model, "project_"):
             model.project_()
     return model, render(model, prob.shape)
+
+
+def _clamped_names(model: nn.Module) -> list[str]:
+    """Parameter names of the hidden paths of the model's input-convex networks (kept >= 0 after each step)."""
+    names = []
+    for prefix, m in model.named_modules():
+        if isinstance(m, ICNN):
+            pre = f"{prefix}." if prefix else ""
+            names += [f"{pre}hid.{i}" for i in range(len(m.hid))] + [f"{pre}out_z", f"{pre}quad"]
+    return names
+
+
+def fit_projection_batch(probs: list[np.ndarray], kind: str, *, steps: int = 300, points: int = 2048,
+                         lr: float = 0.02, seed: int = 0, **kw) -> list[np.ndarray]:
+    """`fit_projection` of many maps at once (e.g. every object of an image): one representation per map, their
+    weights stacked and evaluated with ``torch.func.vmap``, so a step fits all of them in one pass. Each map keeps its
+    own coordinates (its crop spans [-1, 1] on its longer side), pixel draws and foreground weight; the loss is the
+    sum of the per-map losses and Adamax is element-wise, so every fit is independent of the others. Returns the
+    masks {G < 0}, one per map."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    if not probs:
+        return []
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    models = [make(kind, **kw) for _ in probs]
+    for model, p in zip(models, probs):
+        init_from_map(model, p)
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    base = models[0].to("meta")
+    clamped = [n for n in _clamped_names(models[0]) if n in params]
+    sizes = torch.tensor([p.size for p in probs])
+    n_max = int(sizes.max())
+    coords = torch.zeros(len(probs), n_max, 2)
+    target = torch.zeros(len(probs), n_max)
+    for b, p in enumerate(probs):
+        coords[b, : p.size] = pixel_coords(p.shape)
+        target[b, : p.size] = torch.as_tensor(np.asarray(p, np.float32)).ravel()
+    fg = target.sum(1)
+    pos_weight = ((sizes - fg) / fg.clamp_min(1.0)).clamp(0.1, 100.0)[:, None]
+
+    def g_of(par, buf, x):
+        return functional_call(base, (par, buf), (x,))
+
+    batched = vmap(g_of)
+    opt = torch.optim.Adamax(list(params.values()), lr=lr)
+    tau = 0.05
+    m = min(points, n_max)
+    rows = torch.arange(len(probs))[:, None]
+    for _ in range(steps):
+        idx = (torch.rand(len(probs), m, generator=gen) * sizes[:, None]).long()  # within each map's own pixels
+        logits = -batched(params, buffers, coords[rows, idx]) / tau
+        loss = F.binary_cross_entropy_with_logits(logits, target[rows, idx], pos_weight=pos_weight,
+                                                  reduction="none").mean(1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for n in clamped:
+                params[n].clamp_(min=0)
+    with torch.no_grad():
+        g = batched(params, buffers, coords)
+    return [(g[b, : p.size] < 0).reshape(p.shape).numpy() for b, p in enumerate(probs)]

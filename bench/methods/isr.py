@@ -25,6 +25,8 @@ class ISRParams(BaseModel):
     points: int = Field(2048, ge=16, description="pixel coordinates drawn per fitting step")
     lr: float = Field(0.02, gt=0)
     margin: int = Field(4, ge=0, description="pixels around an object's bounding box in its fit")
+    width: int = Field(32, ge=4, description="hidden width of the representation's networks")
+    batched: bool = Field(True, description="fit all objects of an image at once (bench.shapes.fit_projection_batch)")
     seed: int = 0
 
 
@@ -70,12 +72,12 @@ class ISRProjection(Method):
         out = np.zeros_like(pred, dtype=np.int32)
         from scipy import ndimage as ndi
 
-        for k, box in enumerate(ndi.find_objects(pred), start=1):
-            if box is None:
-                continue
-            m = self.params.margin
-            box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, n in zip(box, pred.shape))
-            mask = self._project(pred[box] == k)
+        m = self.params.margin
+        boxes = [(k, tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, n in zip(box, pred.shape)))
+                 for k, box in enumerate(ndi.find_objects(pred), start=1) if box is not None]
+        crops = [(pred[box] == k) for k, box in boxes]
+        masks = self._project_many(crops) if self.params.batched else [self._project(c) for c in crops]
+        for (k, box), mask in zip(boxes, masks):
             region = out[box]
             region[mask & (region == 0)] = k  # an earlier object keeps pixels both claim
         from skimage.segmentation import relabel_sequential
@@ -90,8 +92,15 @@ class ISRProjection(Method):
                              f"{mask.ndim}D (3D representations are not implemented)")
         p = self.params
         _, out = fit_projection(mask.astype(np.float32), p.constraint, steps=p.steps, points=p.points, lr=p.lr,
-                                seed=p.seed)
+                                seed=p.seed, width=p.width)
         return out
+
+    def _project_many(self, masks: list[np.ndarray]) -> list[np.ndarray]:
+        from ..shapes import fit_projection_batch
+
+        p = self.params
+        return fit_projection_batch([mk.astype(np.float32) for mk in masks], p.constraint, steps=p.steps,
+                                    points=p.points, lr=p.lr, seed=p.seed, width=p.width)
 
     def weights_files(self) -> dict[str, Path]:
         return {f"predictor/{k}": v for k, v in self.predictor.weights_files().items()} | (
