@@ -69,3 +69,35 @@ def test_rendered_images_match_their_masks():
     smooth = ndi.gaussian_filter(img, 2) > threshold_otsu(img)
     assert (smooth == (mask == 1)).mean() > 0.85 and recovered.mean() > 0  # the image shows the mask
     np.testing.assert_array_equal(pf.render_sem(mask, seed=0), img)
+
+
+def _generated(**params):
+    from bench.config import resolve_config
+    from bench.runner import open_dataset
+
+    sets = [f"dataset.params.{k}={v}" for k, v in params.items()]
+    return open_dataset(resolve_config("unet", "phasefield_sem", overrides=sets))
+
+
+def test_generated_dataset_is_seeded_has_no_files_and_its_masks_match_its_images():
+    small = dict(n_simulations=2, size="[64,96]", snapshots="[200,600]")
+    r = _generated(**small)
+    assert r.root is None and r.list_ids() == ["sim0000_t0", "sim0000_t1", "sim0001_t0", "sim0001_t1"]
+    s = r.load("sim0001_t1")
+    assert s.image.shape == (1, 64, 96) and s.label.shape == (64, 96) and set(np.unique(s.label)) == {0, 1}
+    assert s.image[0][s.label == 1].mean() > s.image[0][s.label == 0].mean() + 0.1
+    again = _generated(**small).load("sim0001_t1")
+    np.testing.assert_array_equal(again.image, s.image)
+    np.testing.assert_array_equal(again.label, s.label)
+    other = _generated(**small, seed=5).load("sim0001_t1")
+    assert (other.label != s.label).mean() > 0.2  # another seed, another microstructure
+    from bench.data import DataError
+
+    with pytest.raises(DataError, match="sim0003_t1"):
+        r.load("nope")
+
+
+def test_generated_grain_dataset():
+    r = _generated(model="allen_cahn", n_simulations=1, size="[64,64]", snapshots="[300]", n_grains=6)
+    s = r.load("sim0000_t0")
+    assert 0 < s.label.mean() < 0.3  # boundaries are a thin network
