@@ -12,6 +12,9 @@ seeded random split.
 
 from __future__ import annotations
 
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
 from ..data import DataError, DatasetReader, Sample
 from ..registry import register_dataset
 from ._common import card_spacing, index_by_stem, num_classes_of, read_array, to_image, to_label
@@ -19,8 +22,21 @@ from ._common import card_spacing, index_by_stem, num_classes_of, read_array, to
 SPLIT_FILES = {"train": "train.txt", "val": "val.txt", "test": "test.txt"}
 
 
+N_RAW_CLASSES = 5
+
+
+class MetalDAMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    class_map: list[int] | None = Field(
+        None, min_length=N_RAW_CLASSES, max_length=N_RAW_CLASSES,
+        description="new class of each of the 5 MetalDAM classes; None: the 5 classes as released "
+                    "(metaldam_2phase merges them into the two phases a phase-field simulation models)")
+
+
 @register_dataset("metaldam", description="MetalDAM SEM steel micrographs, 5 classes (images/*.jpg, labels/*.png)")
 class MetalDAM(DatasetReader):
+    Params = MetalDAMParams
+
     def _images(self) -> dict:
         return index_by_stem(self.require(self.root / "images", "image folder"))
 
@@ -52,7 +68,15 @@ class MetalDAM(DatasetReader):
                 f"({raw.shape[0]}x{raw.shape[1]}): same width and at most the image's height expected"
             )
         raw = raw[:h]  # drop the information band below the labelled area
-        label = to_label(lab, lab_path, num_classes=num_classes_of(self.card), shape=(h, w), image_path=img_path)
+        cmap = self.params.class_map
+        label = to_label(lab, lab_path, num_classes=N_RAW_CLASSES if cmap else num_classes_of(self.card),
+                         shape=(h, w), image_path=img_path)
+        if cmap:
+            lut = np.asarray(cmap)
+            if lut.min() < 0 or lut.max() >= len(self.card.classes):
+                raise DataError(f"metaldam: class_map {cmap} must name classes 0..{len(self.card.classes) - 1} "
+                                f"(the card's {self.card.classes})")
+            label = lut[label].astype(np.int32)
         image = to_image(raw, img_path, 2, self.card.channels)
         return Sample(sample_id, image, label, card_spacing(self.card, 2),
                       {"image_path": str(img_path), "label_path": str(lab_path), "dtype": str(raw.dtype)})

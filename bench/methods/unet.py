@@ -67,6 +67,33 @@ def binary_to_instances(prob: np.ndarray, min_size: int = 0) -> np.ndarray:
     return connected_components(fg, connectivity=1).astype(np.int32)
 
 
+def ce_dice_loss(outputs, batch, n_classes: int, dice_weight: float = 1.0) -> dict:
+    """Cross-entropy + soft Dice on ``batch["target"]`` class indices; an ignore region (``batch["ignore"]``)
+    gets no CE and stays out of both Dice sums."""
+    import torch.nn.functional as F
+
+    from ..method import known_weights, masked_mean
+
+    target = batch["target"].long()
+    w = known_weights(batch, outputs)
+    ce = masked_mean(F.cross_entropy(outputs, target, reduction="none")[:, None], w)
+    terms = {"ce": ce}
+    loss = ce
+    if dice_weight:
+        prob = outputs.float().softmax(1)
+        onehot = F.one_hot(target, n_classes).movedim(-1, 1).float()
+        if w is not None:
+            prob, onehot = prob * w, onehot * w
+        dims = tuple(range(2, outputs.ndim))
+        inter = (prob * onehot).sum(dims)
+        denom = prob.sum(dims) + onehot.sum(dims)
+        dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
+        terms["dice"] = dice
+        loss = loss + dice_weight * dice
+    terms["loss"] = loss
+    return terms
+
+
 @register_method("unet", description="plain UNet: semantic classes, or 3-class (interior/boundary) instances")
 class UNet(Method):
     Params = UNetParams
@@ -104,28 +131,7 @@ class UNet(Method):
         return (np.arange(self.n_out).reshape((-1,) + (1,) * target.ndim) == target[None]).astype(np.float32)
 
     def loss(self, outputs, batch):
-        import torch.nn.functional as F
-
-        from ..method import known_weights, masked_mean
-
-        target = batch["target"].long()
-        w = known_weights(batch, outputs)  # ignore region: no CE, outside both Dice sums
-        ce = masked_mean(F.cross_entropy(outputs, target, reduction="none")[:, None], w)
-        terms = {"ce": ce}
-        loss = ce
-        if self.params.dice_weight:
-            prob = outputs.float().softmax(1)
-            onehot = F.one_hot(target, self.n_out).movedim(-1, 1).float()
-            if w is not None:
-                prob, onehot = prob * w, onehot * w
-            dims = tuple(range(2, outputs.ndim))
-            inter = (prob * onehot).sum(dims)
-            denom = prob.sum(dims) + onehot.sum(dims)
-            dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
-            terms["dice"] = dice
-            loss = loss + self.params.dice_weight * dice
-        terms["loss"] = loss
-        return terms
+        return ce_dice_loss(outputs, batch, self.n_out, self.params.dice_weight)
 
     def activation(self, raw):
         return raw.softmax(1)
