@@ -42,6 +42,20 @@ def test_generator_keeps_the_shape_and_the_discriminator_sees_70_pixels():
     assert ((nz.max(0).values - nz.min(0).values + 1) == 70).all()
 
 
+def test_realism_checks_tell_a_different_domain_from_a_copy(tmp_path):
+    from bench.realism import realism_report
+
+    rng = np.random.default_rng(0)
+    real = [np.clip(0.5 + 0.1 * rng.standard_normal((96, 96)), 0, 1) for _ in range(4)]
+    copy = [np.clip(0.5 + 0.1 * rng.standard_normal((96, 96)), 0, 1) for _ in range(4)]
+    flat = [np.full((96, 96), 0.3) + 0.01 * rng.standard_normal((96, 96)) for _ in range(4)]
+    r = realism_report({"real": real, "copy": copy, "flat": flat}, "real", tmp_path, n_crops=20, crop=64)
+    d = r["domains"]
+    assert d["copy"]["ks_statistic"] < 0.5 < d["flat"]["ks_statistic"]
+    assert d["copy"]["feature_distance_to_reference"] < d["flat"]["feature_distance_to_reference"]
+    assert (tmp_path / "realism_tsne.png").exists()
+
+
 def test_sim2real_needs_the_real_classes_merged_to_the_simulated_phases(tmp_path):
     from bench.runner import build_method
 
@@ -91,6 +105,12 @@ def test_pipeline_runs_is_killed_in_a_stage_and_resumes_that_stage(tmp_path, mon
     assert [int(line.split(",")[0]) for line in hist[1:]] == [1, 2]  # epoch 2 only, after the resume
     assert "train/G/cycle" in hist[0] and "train/D/loss" in hist[0]
     assert len(list((rd / "stages" / "render").glob("*.npz"))) == 4
+    import json
+
+    realism = json.loads((rd / "stages" / "realism" / "realism.json").read_text())
+    assert set(realism["domains"]) == {"real", "synthetic", "translated"}
+    assert 0 <= realism["domains"]["translated"]["ks_statistic"] <= 1
+    assert all((rd / "stages" / "realism" / f"realism_{k}.png").exists() for k in ("tsne", "entropy", "crops"))
     assert "iou" in res.summary["metrics"] and res.summary["dataset"] == "metaldam_2phase"
     kinds = [d["kind"] for d in res.summary["training_data"]]
     assert kinds == ["synthetic", "images_only"]
@@ -145,3 +165,14 @@ def test_no_real_label_reaches_the_training(tmp_path, monkeypatch):
     assert 0.2 < targets.float().mean() < 0.8  # the simulated phase fractions, not the rigged all-ones labels
     sims = [np.load(f)["mask"] for f in sorted((cfg.run_dir() / "stages" / "simulate").glob("*.npz"))]
     assert set(np.unique(targets.numpy())) <= set(np.unique(np.concatenate([m.ravel() for m in sims])))
+
+
+@needs_data("metaldam")
+def test_otsu_floor_on_metaldam_two_phases(tmp_path):
+    from bench.runner import run
+
+    cfg = resolve_config("otsu_threshold", "metaldam_2phase", overrides=[
+        f"output_root={tmp_path}", "tracking.enabled=false", "eval.max_images=2", "eval.overlays=0"])
+    res = run(cfg, progress=False)
+    iou = res.summary["metrics"]["iou"]
+    assert 0.3 < iou < 0.95  # a real floor: above chance, below a learned model

@@ -11,6 +11,8 @@ Stages of ``fit`` (each checkpointed under the run folder and resumed on its own
    identity 5, Adam 2e-4 / beta1 0.5, image pools of 50) on unpaired crops: synthetic images vs the *images* of the
    real train split (their labels are dropped by the reader view `ImagesOnly` before anything sees them).
 3. ``render``: every synthetic image through the synthetic -> real generator, saved with its simulated mask.
+   ``realism``: how close the synthetic and translated images are to the real ones (`bench.realism`: entropy KS
+   tests, feature t-SNE, example crops), written to ``stages/realism/``.
 4. the final loop: the segmentation UNet (CE + soft Dice) on crops of the translated images and simulated masks,
    without validation on real labels (the last epoch is the model).
 
@@ -202,9 +204,9 @@ class Sim2Real(Method):
             sim.finish({"n": len(ids), "dataset": synth_reader.card.name})
         synthetic = sorted(sim.dir.glob("*.npz"))
 
+        real_view = ImagesOnly(ctx.reader)
+        real = [self.normalize(real_view.load(sid).image) for sid in ctx.train_ids()]
         if self.params.translate:
-            real_view = ImagesOnly(ctx.reader)
-            real = [self.normalize(real_view.load(sid).image) for sid in ctx.train_ids()]
             g = self.params.cyclegan
             images = [np.load(f)["image"] for f in synthetic]
             self.pools = {k: ImagePool(g.pool_size, np.random.default_rng([ctx.cfg.seed, j]))
@@ -225,6 +227,15 @@ class Sim2Real(Method):
                         img = _from_gan(self.networks["G_sr"].eval()(_to_gan(x)))[0].cpu().numpy()
                 np.savez(rendered.dir / f.name, image=img.astype(np.float32), mask=d["mask"])
             rendered.finish({"n": len(synthetic), "translated": self.params.translate})
+        realism = ctx.stage("realism")
+        if not realism.done:
+            from ..realism import realism_report
+
+            domains = {"real": real, "synthetic": [np.load(f)["image"] for f in synthetic]}
+            if self.params.translate:
+                domains["translated"] = [np.load(f)["image"] for f in sorted(rendered.dir.glob("*.npz"))]
+            size = min(128, *(min(im.shape[-2:]) for ims in domains.values() for im in ims))
+            realism.finish(realism_report(domains, "real", realism.dir, crop=size, seed=ctx.cfg.seed))
         self.stage = None
         dataset = TranslatedPatches(sorted(rendered.dir.glob("*.npz")), ctx)
         return ctx.train_loop(dataset=dataset, validate=False)
