@@ -245,11 +245,12 @@ class FitContext:
         """
         import torch
 
-        from .config import TrainConfig, deep_merge, validate
+        from .config import TrainConfig, deep_merge
+        from .config import validate as validate_schema  # not `validate`: that is this loop's argument
 
         method, cfg = self.method, self.cfg
-        tc = validate(TrainConfig, deep_merge(cfg.train.model_dump(), train), "train_loop(train=...) overrides",
-                      "train.") if train else cfg.train
+        tc = validate_schema(TrainConfig, deep_merge(cfg.train.model_dump(), train),
+                             "train_loop(train=...) overrides", "train.") if train else cfg.train
         st = self.stage(stage) if stage else None
         method.stage = stage
         method.train_cfg = tc

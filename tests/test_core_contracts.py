@@ -221,6 +221,7 @@ def test_staged_method_reads_stage_one_output_and_resumes_per_stage(tmp_path, ca
     assert len(list((rd / "stages" / "simulate").glob("syn*.npz"))) == 6
     pre = (rd / "stages" / "pretrain" / "history.csv").read_text().splitlines()
     assert len(pre) == 3 and "pretrain" in pre[1]  # two epochs of the stage, on stage 1's files
+    assert "val/" not in pre[0]  # train_loop(validate=False) scores nothing (the argument was once shadowed)
     assert (rd / "checkpoints" / "pretrain" / "last.pt").exists()
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=False)
     assert ck["state"]["epoch"] == 1 and ck["stage"] is None

@@ -132,11 +132,16 @@ def test_no_real_label_reaches_the_training(tmp_path, monkeypatch):
         s = orig_load(self, sid)
         if state["in_fit"]:
             s.label = np.ones_like(s.label)
-            state["labels_out"] += 1
+            if not state.get("in_view"):
+                state["labels_out"] += 1  # a labelled real sample handed to anything but the CycleGAN's view
         return s
 
     def view_load(self, sid):
-        s = orig_view_load(self, sid)
+        state["in_view"] = True
+        try:
+            s = orig_view_load(self, sid)
+        finally:
+            state["in_view"] = False
         state["seen_by_gan"].append(s.label)
         return s
 
@@ -161,6 +166,7 @@ def test_no_real_label_reaches_the_training(tmp_path, monkeypatch):
     cfg = resolve_config("sim2real", "metaldam_2phase", overrides=TINY + [f"output_root={tmp_path}"])
     run(cfg, progress=False)
     assert state["seen_by_gan"] and all(lab is None for lab in state["seen_by_gan"])
+    assert state["labels_out"] == 0  # no validation, no cache, no stage read a real label during fit
     targets = torch.cat([t.flatten() for t in seen_targets])
     assert 0.2 < targets.float().mean() < 0.8  # the simulated phase fractions, not the rigged all-ones labels
     sims = [np.load(f)["mask"] for f in sorted((cfg.run_dir() / "stages" / "simulate").glob("*.npz"))]
