@@ -37,7 +37,9 @@ def representation_ceiling(cfg: RunConfig, *, split: str = "test", data_root: st
     avail = method_availability(cfg)
     if avail != "ok":
         raise RuntimeError(f"method {cfg.method.name!r} is unavailable: {avail}")
-    method = build_method(cfg, "cpu")
+    import torch
+
+    method = build_method(cfg, torch.device("cpu"))  # a target and a post-processing: no network runs
     reader = open_dataset(cfg, data_root)
     splits = dataset_splits(cfg, reader)
     if split == "all":

@@ -125,6 +125,13 @@ class Method:
                              tuple(tc.patch_size) if tc else None, extra)
         return build_network(spec, ctx)
 
+    def require_data(self, task: str, ndim: int | None = None) -> None:
+        """Refuse, naming the dataset, data this method cannot segment (e.g. ``require_data("instance", 2)``)."""
+        if self.dataset.task != task or (ndim is not None and self.dataset.ndim != ndim):
+            want = f"{ndim}D {task}" if ndim is not None else task
+            raise ValueError(f"{type(self).__name__} needs a {want} dataset; {self.dataset.name!r} is "
+                             f"{self.dataset.ndim}D {self.dataset.task}")
+
     @property
     def ndim(self) -> int:
         return self.dataset.ndim
@@ -430,6 +437,15 @@ def call_network(net, x, meta: dict | None = None):
     if getattr(unwrap(net), "accepts_meta", False):  # a DDP wrapper passes both on
         return net(x, meta or {})
     return net(x)
+
+
+def missing_package(module: str, extra: str) -> str | None:
+    """None when `module` imports, else the availability message with the extra that installs it."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return f"needs the {module} package: pip install 'physeg-bench[{extra}]'"
+    return None
 
 
 def check_finite(terms: dict[str, Any], where: str = "") -> None:

@@ -98,6 +98,17 @@ def test_generated_dataset_is_seeded_has_no_files_and_its_masks_match_its_images
 
 
 def test_generated_grain_dataset():
-    r = _generated(model="allen_cahn", n_simulations=1, size="[64,64]", snapshots="[300]", n_grains=6)
-    s = r.load("sim0000_t0")
+    r = _generated(model="allen_cahn", n_simulations=1, size="[64,64]", snapshots="[150,300]", n_grains=6)
+    s = r.load("sim0000_t1")
     assert 0 < s.label.mean() < 0.3  # boundaries are a thin network
+    assert (r.load("sim0000_t0").label.mean()) > s.label.mean()  # grains coarsen: fewer boundaries later
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="increasing order"):
+        _generated(snapshots="[300,100]")
+
+
+def test_allen_cahn_snapshots_follow_one_run():
+    early, late = pf.allen_cahn_grains((48, 48), 5, seed=1, snapshots=[100, 250])
+    np.testing.assert_allclose(late, pf.allen_cahn_grains((48, 48), 5, 250, seed=1), atol=1e-9)
+    np.testing.assert_allclose(early, pf.allen_cahn_grains((48, 48), 5, 100, seed=1), atol=1e-12)

@@ -264,3 +264,20 @@ def test_leaderboard_shows_each_row_beside_its_ceiling(tmp_path):
                                                      "seconds_per_image": {"postprocess": 0.25}}))
     assert "(other images)" in "\n".join(ceiling_section(rows, ["ap@0.50"], "bbbc039", tmp_path))
     assert ceiling_section(rows, ["ap@0.50"], "bbbc039", tmp_path / "none") == []
+
+
+@pytest.mark.parametrize("method", ["cellpose_flows", "stardist"])
+def test_representations_refuse_semantic_data_and_name_a_missing_package(method, monkeypatch):
+    import importlib.util
+
+    from bench.registry import METHODS
+    from bench.runner import build_method
+
+    cfg = resolve_config(method, "bbbc039_fg", overrides=SMALL_NET)
+    with pytest.raises(ValueError, match="needs a 2D instance dataset; 'bbbc039_fg' is 2D semantic"):
+        build_method(cfg, "cpu")
+    pkg = {"cellpose_flows": "cellpose", "stardist": "stardist"}[method]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == pkg else real(name, *a))
+    cls = METHODS.get(resolve_config(method, "bbbc039").method.impl)
+    assert cls.availability(None) == f"needs the {pkg} package: pip install 'physeg-bench[{pkg}]'"

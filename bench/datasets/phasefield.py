@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..data import DataError, DatasetReader, Sample
 from ..registry import register_dataset
@@ -47,30 +47,32 @@ class PhaseFieldParams(BaseModel):
     read_noise: float = 0.03
     seed: int = 0
 
+    @field_validator("snapshots")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])) or v[0] < 1:
+            raise ValueError(f"snapshots {v}: positive step counts in increasing order (image k is snapshot k)")
+        return v
+
 
 @lru_cache(maxsize=8)
 def _simulate(params_json: str, index: int) -> tuple[np.ndarray, ...]:
-    """The two-phase label maps of one Cahn-Hilliard run at each snapshot (cached: several ids share one run)."""
+    """The label maps of one simulation at each snapshot, from one run (cached: the snapshots' ids share it)."""
     from ..physics import phasefield as pf
 
     p = PhaseFieldParams.model_validate_json(params_json)
     rng = np.random.default_rng([p.seed, index])
     shape = tuple(p.size)
+    if p.model == "allen_cahn":
+        etas = pf.allen_cahn_grains(shape, p.n_grains, seed=int(rng.integers(2**31)), snapshots=list(p.snapshots),
+                                    dt=p.dt)
+        return tuple(pf.grain_labels(eta)[1].astype(np.uint8) for eta in etas)
     model = pf.CahnHilliard(mean=float(rng.uniform(*p.mean)), noise=p.noise, dt=p.dt,
                             anisotropy=float(rng.uniform(*p.anisotropy)),
                             angle=float(np.deg2rad(rng.uniform(*p.angle_deg))))
     comps = pf.cahn_hilliard(shape, model, max(p.snapshots), seed=int(rng.integers(2**31)),
                              snapshots=list(p.snapshots))
     return tuple(pf.two_phase_mask(c) for c in comps)
-
-
-def _simulate_grains(p: PhaseFieldParams, index: int) -> tuple[np.ndarray, ...]:
-    from ..physics import phasefield as pf
-
-    rng = np.random.default_rng([p.seed, index])
-    seed = int(rng.integers(2**31))
-    return tuple(pf.grain_labels(pf.allen_cahn_grains(tuple(p.size), p.n_grains, steps, seed, dt=p.dt))[1]
-                 .astype(np.uint8) for steps in p.snapshots)
 
 
 @register_dataset("phasefield", description="generated: phase-field microstructures (Cahn-Hilliard two-phase or "
@@ -81,11 +83,6 @@ class PhaseField(DatasetReader):
     def list_ids(self) -> list[str]:
         p = self.params
         return [f"sim{i:04d}_t{k}" for i in range(p.n_simulations) for k in range(len(p.snapshots))]
-
-    def _labels(self, index: int) -> tuple[np.ndarray, ...]:
-        if self.params.model == "allen_cahn":
-            return _simulate_grains(self.params, index)
-        return _simulate(self.params.model_dump_json(), index)
 
     def load(self, sample_id: str) -> Sample:
         try:
@@ -99,7 +96,7 @@ class PhaseField(DatasetReader):
                             f"{len(p.snapshots)} snapshots")
         from ..physics.phasefield import render_sem
 
-        label = self._labels(index)[k].astype(np.int64)
+        label = _simulate(p.model_dump_json(), index)[k].astype(np.int64)
         render_seed = int(np.random.default_rng([p.seed, index, k, 1]).integers(2**31))
         image = render_sem(label, seed=render_seed, levels=tuple(p.levels), edge=p.edge,
                            blur=p.blur, shot=p.shot, read_noise=p.read_noise)

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Sample
-from ..method import Method
+from ..method import Method, missing_package
 from ..networks import NetworkSpec
 from ..registry import register_method
 
@@ -30,11 +30,7 @@ class CellposeFlowParams(BaseModel):
 
 
 def cellpose_available() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("cellpose") is None:
-        return "needs the cellpose package: pip install 'physeg-bench[cellpose]'"
-    return None
+    return missing_package("cellpose", "cellpose")
 
 
 def flows_to_instances(raw: np.ndarray, cellprob_threshold: float = 0.0, flow_threshold: float = 0.4,
@@ -81,9 +77,7 @@ class CellposeFlows(Method):
         return cellpose_available()
 
     def build(self) -> None:
-        if self.dataset.task != "instance" or self.dataset.ndim != 2:
-            raise ValueError(f"cellpose_flows needs a 2D instance dataset; {self.dataset.name!r} is "
-                             f"{self.dataset.ndim}D {self.dataset.task}")
+        self.require_data("instance", 2)
         self.networks["net"] = self.build_network(self.params.network, 3)
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:

@@ -65,9 +65,7 @@ class CellposeSAM(Method):
         return None
 
     def build(self) -> None:
-        if self.dataset.task != "instance" or self.dataset.ndim != 2:
-            raise ValueError(f"cellpose_sam segments 2D instances; {self.dataset.name!r} is "
-                             f"{self.dataset.ndim}D {self.dataset.task}")
+        self.require_data("instance", 2)
         why = self.availability(self.params)
         if why:
             raise FileNotFoundError(why)

@@ -145,9 +145,7 @@ class Sim2Real(Method):
         return self.dataset.num_classes
 
     def build(self) -> None:
-        if self.dataset.task != "semantic" or self.dataset.ndim != 2:
-            raise ValueError(f"sim2real segments 2D phases; {self.dataset.name!r} is {self.dataset.ndim}D "
-                             f"{self.dataset.task}")
+        self.require_data("semantic", 2)
         synth = self.extra_datasets.get("synthetic")
         if synth is None:
             raise ValueError("sim2real needs method.extra_datasets.synthetic (a generated dataset card, e.g. "
@@ -236,7 +234,6 @@ class Sim2Real(Method):
                 domains["translated"] = [np.load(f)["image"] for f in sorted(rendered.dir.glob("*.npz"))]
             size = min(128, *(min(im.shape[-2:]) for ims in domains.values() for im in ims))
             realism.finish(realism_report(domains, "real", realism.dir, crop=size, seed=ctx.cfg.seed))
-        self.stage = None
         dataset = TranslatedPatches(sorted(rendered.dir.glob("*.npz")), ctx)
         return ctx.train_loop(dataset=dataset, validate=False)
 

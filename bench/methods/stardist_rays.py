@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Sample
-from ..method import Method
+from ..method import Method, missing_package
 from ..networks import NetworkSpec
 from ..registry import register_method
 
@@ -30,11 +30,7 @@ class StarDistParams(BaseModel):
 
 
 def stardist_available() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("stardist") is None:
-        return "needs the stardist package: pip install 'physeg-bench[stardist]'"
-    return None
+    return missing_package("stardist", "stardist")
 
 
 def rays_to_instances(raw: np.ndarray, prob_thresh: float = 0.5, nms_thresh: float = 0.4,
@@ -86,9 +82,7 @@ class StarDistRays(Method):
         return stardist_available()
 
     def build(self) -> None:
-        if self.dataset.task != "instance" or self.dataset.ndim != 2:
-            raise ValueError(f"stardist_rays needs a 2D instance dataset; {self.dataset.name!r} is "
-                             f"{self.dataset.ndim}D {self.dataset.task}")
+        self.require_data("instance", 2)
         self.networks["net"] = self.build_network(self.params.network, 1 + self.params.n_rays)
 
     def make_targets(self, sample: Sample) -> dict[str, np.ndarray]:

@@ -23,9 +23,10 @@ class OtsuThreshold(Method):
     trainable = False
 
     def build(self) -> None:
-        if self.dataset.task != "semantic" or self.dataset.num_classes != 2:
-            raise ValueError(f"otsu_threshold separates two classes; {self.dataset.name!r} is "
-                             f"{self.dataset.task} with {self.dataset.num_classes} classes")
+        self.require_data("semantic")
+        if self.dataset.num_classes != 2:
+            raise ValueError(f"otsu_threshold separates two classes; {self.dataset.name!r} has "
+                             f"{self.dataset.num_classes}")
 
     def predict_raw(self, image: np.ndarray, patch_size=None, overlap: float = 0.25, meta=None) -> np.ndarray:
         from scipy import ndimage as ndi

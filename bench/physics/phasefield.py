@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CahnHilliard", "cahn_hilliard", "cahn_hilliard_steps", "allen_cahn_grains", "free_energy", "two_phase_mask", "grain_labels",
+__all__ = ["CahnHilliard", "cahn_hilliard", "cahn_hilliard_steps", "allen_cahn_grains", "allen_cahn_steps", "free_energy", "two_phase_mask", "grain_labels",
            "render_sem", "wavenumbers"]
 
 
@@ -106,12 +106,10 @@ def cahn_hilliard(shape: tuple[int, int], model: CahnHilliard, steps: int, seed:
     return out
 
 
-def allen_cahn_grains(shape: tuple[int, int], n_grains: int = 12, steps: int = 400, seed: int = 0, *,
-                      alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, kappa: float = 1.0,
-                      mobility: float = 1.0, dt: float = 0.2, dx: float = 1.0) -> np.ndarray:
-    """(n_grains, H, W) order parameters after `steps` of Fan-Chen grain growth from small random values."""
-    rng = np.random.default_rng(seed)
-    eta = 0.01 * rng.standard_normal((n_grains, *shape))
+def allen_cahn_steps(eta: np.ndarray, steps: int, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
+                     kappa: float = 1.0, mobility: float = 1.0, dt: float = 0.2, dx: float = 1.0) -> np.ndarray:
+    """`steps` semi-implicit spectral steps of Fan-Chen grain growth from order parameters (n_grains, H, W)."""
+    shape = eta.shape[1:]
     ky, kx = wavenumbers(shape, dx)
     denom = 1 + dt * mobility * kappa * (kx ** 2 + ky ** 2)
     for _ in range(steps):
@@ -121,6 +119,22 @@ def allen_cahn_grains(shape: tuple[int, int], n_grains: int = 12, steps: int = 4
         eta_h = (np.fft.rfft2(eta) - dt * mobility * np.fft.rfft2(dfdeta)) / denom
         eta = np.fft.irfft2(eta_h, s=shape)
     return eta
+
+
+def allen_cahn_grains(shape: tuple[int, int], n_grains: int = 12, steps: int = 400, seed: int = 0, *,
+                      snapshots: list[int] | None = None, **kw) -> np.ndarray | list[np.ndarray]:
+    """(n_grains, H, W) order parameters after `steps` of grain growth from small random values; with `snapshots`
+    (step counts), the list of them along one run (as `cahn_hilliard`). `kw`: the model's coefficients."""
+    rng = np.random.default_rng(seed)
+    eta = 0.01 * rng.standard_normal((n_grains, *shape))
+    if snapshots is None:
+        return allen_cahn_steps(eta, steps, **kw)
+    out, done = [], 0
+    for m in sorted(set(snapshots)):
+        eta = allen_cahn_steps(eta, m - done, **kw)
+        done = m
+        out.append(eta.copy())
+    return out
 
 
 def two_phase_mask(c: np.ndarray, threshold: float = 0.5) -> np.ndarray:
