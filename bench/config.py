@@ -117,11 +117,20 @@ class EvalConfig(Strict):
     overlays: int = Field(4, ge=0)
     save_predictions: bool = True
     tile_overlap: float = Field(0.25, ge=0, lt=1)
-    boundary_tolerance: float = 2.0
+    # boundary F1 tolerance: pixels (>= 1), or a fraction of the diagonal (< 1); a list adds rows bf1@t for the rest
+    boundary_tolerance: float | list[float] = 2.0
     verify_before_training: bool = True  # read every image of the eval split before training (a bad file fails now)
     calibrate: bool = True  # choose the card's `calibrate:` grid on the val split before the test split is scored
     calibrate_max_images: int | None = Field(None, ge=1)  # None: every val image
     calibrate_monitor: str | None = None  # the val metric calibration maximises; None: train.monitor's
+
+    @field_validator("boundary_tolerance")
+    @classmethod
+    def _tolerances(cls, v):
+        from .metrics import MetricContext
+
+        MetricContext(boundary_tolerance=v)  # one owner of the rules: >= 0, finite, distinct, not empty
+        return v
 
 
 class TrackingConfig(Strict):

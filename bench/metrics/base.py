@@ -39,6 +39,12 @@ def fmt_threshold(t: float) -> str:
     return f"{float(t):.2f}"
 
 
+def fmt_tolerance(t: float) -> str:
+    """A boundary tolerance as it appears in row names: ``2.0 -> "2"``, ``0.0075 -> "0.0075"`` (pixels, or a
+    fraction of the diagonal below 1)."""
+    return f"{float(t):g}"
+
+
 def at(family: str, t: float) -> str:
     """Row name of a thresholded metric: ``at("ap", 0.5) == "ap@0.50"``."""
     return f"{family}@{fmt_threshold(t)}"
@@ -53,7 +59,9 @@ class MetricContext:
     num_classes: semantic classes including background class 0 (foreground classes are 1..num_classes-1).
     class_names: names of the classes, either one per class (index 0 = background) or one per foreground class.
     boundary_tolerance: boundary F1 tolerance; >= 1 (or 0) is in pixels, a value in (0, 1) is a fraction of the
-        image diagonal, rounded up to whole pixels as DAVIS does.
+        image diagonal, rounded up to whole pixels as DAVIS does. A list gives several: the first is row ``bf1``,
+        each further one ``t`` the row ``bf1@t`` (``[2, 0.0075]``: ``bf1`` at 2 px and ``bf1@0.0075`` at 0.75% of
+        the diagonal); they are kept in ``extra_boundary_tolerances``.
     thresholds: IoU thresholds of the instance metrics.
     partial: the reference annotates only some of the objects (sparse gold truth, an ignore region): only the
         metrics registered with ``partial_annotation=True`` (CTC SEG) are computed, since unannotated objects
@@ -67,6 +75,7 @@ class MetricContext:
     boundary_tolerance: float = 2.0
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     partial: bool = False
+    extra_boundary_tolerances: tuple[float, ...] = ()
     # per-image scratch space that evaluate_image sets so metrics can share work (the matching, the
     # confusion matrix); None outside evaluate_image, so a direct call never sees another image's data
     cache: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -87,8 +96,20 @@ class MetricContext:
             raise ValueError(f"thresholds {self.thresholds} are not distinct at two decimals")
         if self.num_classes < 2:
             raise ValueError(f"num_classes counts background too and must be >= 2, got {self.num_classes}")
-        if not (self.boundary_tolerance >= 0 and math.isfinite(self.boundary_tolerance)):
-            raise ValueError(f"boundary_tolerance must be >= 0, got {self.boundary_tolerance}")
+        if isinstance(self.boundary_tolerance, (list, tuple)):
+            if not self.boundary_tolerance:
+                raise ValueError("boundary_tolerance must not be an empty list")
+            first, *rest = self.boundary_tolerance
+            self.boundary_tolerance = first
+            self.extra_boundary_tolerances = tuple(rest) + tuple(self.extra_boundary_tolerances)
+        self.boundary_tolerance = float(self.boundary_tolerance)
+        self.extra_boundary_tolerances = tuple(float(t) for t in self.extra_boundary_tolerances)
+        for t in (self.boundary_tolerance, *self.extra_boundary_tolerances):
+            if not (t >= 0 and math.isfinite(t)):
+                raise ValueError(f"boundary_tolerance must be >= 0, got {t}")
+        names = [fmt_tolerance(t) for t in (self.boundary_tolerance, *self.extra_boundary_tolerances)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"boundary tolerances {names} are not distinct")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
             if len(self.class_names) not in (self.num_classes, self.num_classes - 1):

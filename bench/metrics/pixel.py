@@ -11,6 +11,7 @@ from bench.metrics.base import (
     MetricContext,
     MetricValue,
     cached,
+    fmt_tolerance,
 )
 from bench.metrics.surface import boundary_f1, hausdorff_distance, tolerance_pixels
 from bench.registry import register_metric
@@ -136,16 +137,19 @@ def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[Me
 
 @register_metric(
     "bf1",
-    description="Boundary F1 (DAVIS boundaries, tolerance boundary_tolerance) per foreground class",
+    description="Boundary F1 (DAVIS boundaries, tolerance boundary_tolerance; bf1@t at each further tolerance t) "
+    "per foreground class",
     task=("semantic",),
     outputs=("bf1",),
     headline=("bf1",),
 )
 def bf1_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
-    tol = tolerance_pixels(ctx.boundary_tolerance, np.shape(pred))
+    rows = [("bf1", ctx.boundary_tolerance)]
+    rows += [(f"bf1@{fmt_tolerance(t)}", t) for t in ctx.extra_boundary_tolerances]
     out = []
     for c in ctx.foreground_classes():
         pm, gm = _present(pred, gt, ctx, c)
-        f, _, _, flag = boundary_f1(pm, gm, tol)
-        out.append(MetricValue("bf1", f, ctx.class_name(c), flag))
+        for name, t in rows:
+            f, _, _, flag = boundary_f1(pm, gm, tolerance_pixels(t, np.shape(pred)))
+            out.append(MetricValue(name, f, ctx.class_name(c), flag))
     return out
