@@ -103,6 +103,32 @@ def test_boundary_tolerance_fraction_of_diagonal():
     assert tolerance_pixels(2.0, (10, 10)) == 2.0
 
 
+def test_several_boundary_tolerances_give_one_row_each():
+    """eval.boundary_tolerance: [2, 0.0075] -> row bf1 at 2 px and row bf1@0.0075 at 0.75% of the diagonal, each
+    equal to a single-tolerance evaluation; the summary keeps both apart and emits_key knows the new row."""
+    from bench.config import EvalConfig
+    from bench.metrics.base import emits_key
+
+    gt = np.zeros((400, 300), int)
+    gt[50:250, 60:200] = 1
+    pred = np.zeros_like(gt)
+    pred[56:256, 63:203] = 1  # boundaries 3-6 px apart: 2 px misses most of them, 0.75% of 500 px (4 px) some
+    both = MetricContext(task="semantic", boundary_tolerance=[2, 0.0075])
+    rows = {r["metric"]: r["value"] for r in evaluate_image(pred, gt, both, ["bf1"])}
+    assert set(rows) == {"bf1", "bf1@0.0075"}
+    for name, tol in (("bf1", 2.0), ("bf1@0.0075", 4.0)):
+        single = evaluate_image(pred, gt, MetricContext(task="semantic", boundary_tolerance=tol), ["bf1"])
+        assert rows[name] == pytest.approx(single[0]["value"])
+    assert rows["bf1"] < rows["bf1@0.0075"] < 1
+    table = pd.DataFrame([{"image": "a", **r} for r in evaluate_image(pred, gt, both)])
+    s = summarize(table)
+    assert s["bf1@0.0075"] == pytest.approx(rows["bf1@0.0075"]) and s["bf1"] == pytest.approx(rows["bf1"])
+    assert emits_key("bf1@0.0075", "semantic")
+    for bad in ([], [2, 2.0], [2, -1]):
+        with pytest.raises(ValueError):
+            EvalConfig(boundary_tolerance=bad)
+
+
 def _table(pairs, ctx):
     rows = []
     for i, (pred, gt) in enumerate(pairs):
