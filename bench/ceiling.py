@@ -32,7 +32,7 @@ def representation_ceiling(cfg: RunConfig, *, split: str = "test", data_root: st
     from .loop import progress_bar
     from .metrics import evaluate_image, summarize
     from .results import image_set_hash
-    from .runner import build_method, check_split, dataset_splits, metric_context, method_availability, open_dataset
+    from .runner import build_method, check_split, dataset_splits, eval_metrics, metric_context, method_availability, open_dataset
 
     avail = method_availability(cfg)
     if avail != "ok":
@@ -60,7 +60,7 @@ def representation_ceiling(cfg: RunConfig, *, split: str = "test", data_root: st
         pred = method.postprocess(raw)
         t_post += time.time() - t1
         t_target += t1 - t0
-        for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing, s.partial), cfg.eval.metrics):
+        for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing, s.partial), eval_metrics(cfg)):
             rows.append({"image": sid, **r})
     out = ceiling_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,8 @@ class EvalConfig(Strict):
     dataset: str | None = None  # cross-domain: score on this dataset card (same classes) instead of the run's
     max_images: int | None = Field(None, ge=1)
     checkpoint: Literal["best", "last"] = "best"
-    metrics: list[str] | None = None  # None: every metric of the task
+    metrics: list[str] | None = None  # None: every metric of the task (but the on-request ones)
+    extra_metrics: list[str] = []  # on-request metrics added to the default set (shape_convex, shape_star, ...)
     overlays: int = Field(4, ge=0)
     save_predictions: bool = True
     tile_overlap: float = Field(0.25, ge=0, lt=1)
@@ -264,6 +265,20 @@ class RunConfig(Strict):
     @classmethod
     def _tag_is_a_name(cls, v: str) -> str:
         return check_name(v, "tag") if v else v
+
+    @model_validator(mode="after")
+    def _metric_names_exist(self):
+        # a typo in eval.metrics / eval.extra_metrics fails now, not after the training
+        from .metrics import resolve_metrics
+
+        for key in ("metrics", "extra_metrics"):
+            names = getattr(self.eval, key)
+            if names:
+                try:
+                    resolve_metrics(list(names), self.dataset.task)
+                except ValueError as exc:
+                    raise ValueError(f"eval.{key}: {exc}") from None
+        return self
 
     def run_dir(self) -> Path:
         name = self.method.name + (f"-{self.tag}" if self.tag else "")

@@ -161,6 +161,16 @@ def monitor_mode(cfg: RunConfig) -> str:
     return "max" if higher_is_better(monitor_name(cfg)) else "min"
 
 
+def eval_metrics(cfg: RunConfig) -> list[str] | None:
+    """The metric names a run's evaluation computes: eval.metrics (None: the task's default set) plus the
+    on-request eval.extra_metrics."""
+    from .metrics.base import default_metrics_plus
+
+    if cfg.eval.metrics is not None:
+        return list(cfg.eval.metrics) + [e for e in cfg.eval.extra_metrics if e not in cfg.eval.metrics]
+    return default_metrics_plus(list(cfg.eval.extra_metrics), cfg.dataset.task)
+
+
 def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None, partial: bool = False):
     """Metric settings of a run; ``partial``: the image's reference annotates only some objects."""
     from .metrics import MetricContext
@@ -566,15 +576,24 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
 
     calibrated = calibration.apply(method, run_dir)
     rows = []
-    t_pred = 0.0
+    t_pred = t_post = 0.0
+    split_timing = type(method).predict is Method.predict  # a method that overrides predict is timed as a whole
+    metric_names = eval_metrics(cfg)
     n_partial = 0
     for k, sid in enumerate(progress_bar(ids, progress, f"evaluating {split}")):
         s = reader.load(sid)
         if s.label is None:
             raise DataError(f"{cfg.dataset.name}: image {sid!r} of split {split!r} has no label")
         t0 = time.time()
-        pred = method.predict(method.normalize(s.image), cfg.train.patch_size, cfg.eval.tile_overlap,
-                              meta={"spacing": s.spacing, "id": sid})
+        args = (method.normalize(s.image), cfg.train.patch_size, cfg.eval.tile_overlap)
+        meta = {"spacing": s.spacing, "id": sid}
+        if split_timing:  # network and post-processing timed apart (an ISR fit, a watershed, cellpose's dynamics)
+            raw = method.predict_raw(*args, meta=meta)
+            t1 = time.time()
+            pred = method.postprocess(raw)
+            t_post += time.time() - t1
+        else:
+            pred = method.predict(*args, meta=meta)
         t_pred += time.time() - t0
         if pred.shape != s.label.shape:
             raise ValueError(f"{cfg.method.name} predicted shape {pred.shape} for {sid!r}, label is {s.label.shape}")
@@ -583,7 +602,7 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         if k < cfg.eval.overlays:
             overlay_png(files.overlays(split) / f"{sid}.png", s.image, pred, s.label)
         n_partial += s.partial
-        for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing, s.partial), cfg.eval.metrics):
+        for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing, s.partial), metric_names):
             rows.append({"image": sid, **r})
     table = pd.DataFrame(rows, columns=["image", "metric", "class", "value", "flag"])
     files.table(split).parent.mkdir(parents=True, exist_ok=True)
@@ -595,6 +614,7 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         "method": cfg.method.name, "dataset": cfg.dataset.name, "seed": cfg.seed, "tag": cfg.tag,
         "eval_dataset": scored.name, "split": split, "n_images": len(ids), "test_ids_hash": image_set_hash(ids), "metrics": metrics,
         "seconds_per_image": t_pred / max(1, len(ids)),
+        "postprocess_seconds_per_image": t_post / max(1, len(ids)) if split_timing else None,
         "config_hash": cfg.config_hash(), "mlflow_run_id": status.get("mlflow_run_id"),
         "git_commit": env.get("git_commit"), "hardware": hardware_summary(env) if env else None,
         "task": cfg.dataset.task, "created": time.time(), **provenance(method, cfg),

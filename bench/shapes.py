@@ -289,12 +289,12 @@ def _clamped_names(model: nn.Module) -> list[str]:
 
 
 def fit_projection_batch(probs: list[np.ndarray], kind: str, *, steps: int = 300, points: int = 2048,
-                         lr: float = 0.02, seed: int = 0, **kw) -> list[np.ndarray]:
+                         lr: float = 0.02, seed: int = 0, soft: bool = False, **kw) -> list[np.ndarray]:
     """`fit_projection` of many maps at once (e.g. every object of an image): one representation per map, their
     weights stacked and evaluated with ``torch.func.vmap``, so a step fits all of them in one pass. Each map keeps its
     own coordinates (its crop spans [-1, 1] on its longer side), pixel draws and foreground weight; the loss is the
     sum of the per-map losses and Adamax is element-wise, so every fit is independent of the others. Returns the
-    masks {G < 0}, one per map."""
+    masks {G < 0}, one per map; ``soft``: the fitted maps sigmoid(-G / tau) instead (the joint mode's target)."""
     from torch.func import functional_call, stack_module_state, vmap
 
     if not probs:
@@ -339,4 +339,6 @@ def fit_projection_batch(probs: list[np.ndarray], kind: str, *, steps: int = 300
                 params[n].clamp_(min=0)
     with torch.no_grad():
         g = batched(params, buffers, coords)
+    if soft:
+        return [torch.sigmoid(-g[b, : p.size] / tau).reshape(p.shape).numpy() for b, p in enumerate(probs)]
     return [(g[b, : p.size] < 0).reshape(p.shape).numpy() for b, p in enumerate(probs)]

@@ -37,6 +37,8 @@ def test_layout_split_per_sequence_and_binary_masks(tmp_path):
     ids = r.list_ids()
     assert len(ids) == 21 and ids[0] == "car-shadow_00000"
     sp = r.official_splits()
+    assert sorted(sp["train"] + sp["val"] + sp["test"]) != sorted(ids)  # the card keeps every 6th test frame
+    sp = reader(tmp_path, "params.test_stride=1").official_splits()
     assert sorted(sp["train"] + sp["val"] + sp["test"]) == sorted(ids)
     for seq, n in (("car-shadow", 12), ("dog", 9)):
         train = [i for i in sp["train"] if i.startswith(seq)]
@@ -75,6 +77,7 @@ def test_release_zip_folder_is_read(tmp_path):
 def test_real_frames_split_and_overlap_with_the_masks():
     r = reader(DATA_ROOT)
     sp = r.official_splits()
-    assert (len(sp["train"]), len(sp["val"]), len(sp["test"])) == (24, 12, 358)
+    assert (len(sp["train"]), len(sp["val"]), len(sp["test"])) == (24, 12, 62)
+    assert len({i.rpartition("_")[0] for i in sp["test"]}) == 6  # every sequence is tested
     s = r.load("camel_00000")
     assert s.image.shape == (3, 480, 854) and 0.02 < s.label.mean() < 0.5

@@ -9,7 +9,7 @@ Samples are frames, ids ``<sequence>_<frame>`` (``camel_00042``; file-name safe)
 [background, object]. DAVIS splits by sequence (its train/val sets); shape-prior studies (the ISR poster) train a
 deliberately weak predictor on a few frames of each sequence instead, so the split here is per sequence:
 ``train_frames`` evenly spaced frames for training, ``val_frames`` further evenly spaced ones for validation, and
-every other frame for testing. The split depends on the frame counts only (no seed). The release zip
+the remaining frames for testing (every ``test_stride``-th of them). The split depends on the frame counts only (no seed). The release zip
 (``DAVIS-data.zip``, what `bench data fetch davis2016` downloads) holds the layout in a ``DAVIS/`` folder: it is
 read from there too.
 """
@@ -30,6 +30,8 @@ class Davis2016Params(BaseModel):
     sequences: list[str] | None = Field(None, description="sequences to use; None: every one on disk")
     train_frames: int = Field(4, ge=1, description="evenly spaced training frames per sequence")
     val_frames: int = Field(2, ge=0, description="evenly spaced validation frames per sequence (after train's)")
+    test_stride: int = Field(1, ge=1, description="every k-th of the remaining frames is a test frame (neighbouring "
+                                                  "frames of a video are nearly the same image)")
 
 
 @register_dataset("davis2016", description="DAVIS 2016 single-object video frames (JPEGImages/480p, Annotations/480p)")
@@ -64,8 +66,10 @@ class Davis2016(DatasetReader):
             rest = [i for i in range(n) if i not in train]
             # val frames evenly spaced among the others, away from the training frames' positions
             val = {rest[j] for j in np.linspace(0, len(rest) - 1, p.val_frames + 2)[1:-1].round().astype(int)}
+            test = [i for i in range(n) if i not in train and i not in val][:: p.test_stride]
             for i, f in enumerate(frames):
-                out["train" if i in train else "val" if i in val else "test"].append(f"{s}_{f}")
+                if i in train or i in val or i in test:
+                    out["train" if i in train else "val" if i in val else "test"].append(f"{s}_{f}")
         return out
 
     def load(self, sample_id: str) -> Sample:

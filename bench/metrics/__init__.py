@@ -35,6 +35,7 @@ from bench.metrics.surface import (
     tolerance_pixels,
 )
 from bench.metrics import instance as _instance  # noqa: F401  (registers the instance metrics)
+from bench.metrics import shape as _shape  # noqa: F401  (registers the on-request shape-constraint metrics)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

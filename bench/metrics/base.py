@@ -185,6 +185,14 @@ def metric_families(task: str) -> list[str]:
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
 
+def default_metrics_plus(extra: list[str], task: str) -> list[str] | None:
+    """The default metric set of a task plus the on-request ones named in `extra` (``eval.extra_metrics``)."""
+    if not extra:
+        return None
+    base, _ = resolve_metrics(None, task)
+    return base + [e for e in extra if e not in base]
+
+
 def resolve_metrics(names: list[str] | None, task: str) -> tuple[list[str], set[str] | None]:
     """Registered functions to run for the requested metric names, and the row names to keep (None = all).
 
@@ -194,8 +202,8 @@ def resolve_metrics(names: list[str] | None, task: str) -> tuple[list[str], set[
     """
     reg = _registry()
     available = metric_families(task)
-    if names is None:
-        return available, None
+    if names is None:  # the default set: every metric of the task except those run on request only
+        return [f for f in available if not reg.entry(f).extra.get("on_request")], None
     by_output: dict[str, str] = {}
     for fam in available:
         for out in reg.entry(fam).extra.get("outputs", (fam,)):
