@@ -127,3 +127,16 @@ def test_joint_refuses_instance_data(tmp_path):
     cfg = resolve_config("isr_joint", "bbbc039", overrides=[f"output_root={tmp_path}", "tracking.enabled=false"])
     with pytest.raises(ValueError, match="one foreground class"):
         build_method(cfg, torch.device("cpu"))
+
+
+def test_a_large_mask_is_fitted_small_and_rendered_at_full_size():
+    from bench.methods.isr import ISRParams, ISRProjection
+
+    yy, xx = np.mgrid[:120, :300]
+    mask = (yy - 60) ** 2 / 40**2 + (xx - 150) ** 2 / 100**2 < 1
+    mask[58:62, 150:] = False  # a slit: not convex
+    isr = ISRProjection.__new__(ISRProjection)  # the projection step alone, without a predictor run
+    isr.params = ISRParams(fit_size=64, steps=300, points=512, width=16)
+    out = isr._project(mask)
+    assert out.shape == mask.shape and is_digitally_convex(out)
+    assert not is_digitally_convex(mask) and (out & mask).sum() / (out | mask).sum() > 0.7  # full-size fits: 0.77

@@ -27,6 +27,8 @@ class ISRParams(BaseModel):
     margin: int = Field(4, ge=0, description="pixels around an object's bounding box in its fit")
     width: int = Field(32, ge=4, description="hidden width of the representation's networks")
     batched: bool = Field(True, description="fit all objects of an image at once (bench.shapes.fit_projection_batch)")
+    fit_size: int | None = Field(256, ge=16, description="a mask whose longer side exceeds this is fitted on its "
+                                 "area-averaged copy of this size, then rendered at full resolution; None: full size")
     seed: int = 0
 
 
@@ -91,8 +93,20 @@ class ISRProjection(Method):
             raise ValueError("isr_projection fits 2D shapes; this mask is "
                              f"{mask.ndim}D (3D representations are not implemented)")
         p = self.params
-        _, out = fit_projection(mask.astype(np.float32), p.constraint, steps=p.steps, points=p.points, lr=p.lr,
-                                seed=p.seed, width=p.width)
+        prob = mask.astype(np.float32)
+        scale = p.fit_size / max(mask.shape) if p.fit_size else 1.0
+        if scale < 1:  # the shape's coordinates span [-1, 1] on the longer side at any size: fit small, render full
+            import torch
+            import torch.nn.functional as F
+
+            size = tuple(max(1, round(n * scale)) for n in mask.shape)
+            prob = F.interpolate(torch.from_numpy(prob)[None, None], size=size, mode="area")[0, 0].numpy()
+        model, out = fit_projection(prob, p.constraint, steps=p.steps, points=p.points, lr=p.lr, seed=p.seed,
+                                    width=p.width)
+        if out.shape != mask.shape:
+            from ..shapes import render
+
+            out = render(model, mask.shape)
         return out
 
     def _project_many(self, masks: list[np.ndarray]) -> list[np.ndarray]:
