@@ -37,6 +37,10 @@ def test_projection_of_a_finished_run_makes_convex_objects_and_records_the_predi
     # one may not be: most objects are convex up to pixelisation, and more so than the predictor's
     sol_before, sol_after = _solidity(before), _solidity(after)
     assert np.mean(sol_after >= 0.9) >= 0.9 and np.mean(sol_after >= 0.9) >= np.mean(sol_before >= 0.9)
+    # the runner times post-processing (here the fits) apart from the network; both per image
+    post, total = res.summary["postprocess_seconds_per_image"], res.summary["seconds_per_image"]
+    assert 0 < post <= total
+    assert pred.summary["postprocess_seconds_per_image"] < post  # a watershed is cheaper than the shape fits
     src = res.summary["training_data"][0]
     assert src["kind"] == "run" and src["method"] == "classic_watershed" and src["run_dir"] == str(pred.run_dir)
 
