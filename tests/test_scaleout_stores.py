@@ -87,9 +87,24 @@ def _trials_once(study, n: int) -> None:
 
 
 @pytest.mark.parametrize("store", ["postgresql", "journal"])
-def test_two_tuning_workers_on_one_shared_storage(store, tmp_path, request):
-    from bench.tuning import tune
+def test_two_tuning_workers_on_one_shared_storage(store, tmp_path, request, monkeypatch):
+    from bench.tuning import Study, tune
 
+    # A watershed trial takes well under a second: this process could use up the budget before the spawned worker
+    # has imported torch (seen on a loaded CI machine). Its first trial therefore waits until the other worker holds
+    # one, so the test always exercises two workers on one storage; the spawned worker is not patched.
+    objective, waited = Study._objective, []
+
+    def wait_for_the_other_worker(self, trial, parent_id):
+        deadline = time.monotonic() + 300
+        while not waited and time.monotonic() < deadline:
+            if any(t.user_attrs.get("pid") not in (None, os.getpid()) for t in trial.study.get_trials(deepcopy=False)):
+                break
+            time.sleep(0.2)
+        waited.append(True)
+        return objective(self, trial, parent_id)
+
+    monkeypatch.setattr(Study, "_objective", wait_for_the_other_worker)
     url = request.getfixturevalue("postgres_url") if store == "postgresql" else f"journal:///{tmp_path}/optuna.log"
     n = 6
     study = tune("classic_watershed", "bbbc039", n, workers=2, storage=url,
