@@ -120,6 +120,8 @@ class EvalConfig(Strict):
     tile_overlap: float = Field(0.25, ge=0, lt=1)
     # boundary F1 tolerance: pixels (>= 1), or a fraction of the diagonal (< 1); a list adds rows bf1@t for the rest
     boundary_tolerance: float | list[float] = 2.0
+    # semantic: score unions of classes instead of single classes, name -> class indices (BraTS regions)
+    regions: dict[str, list[int]] | None = None
     verify_before_training: bool = True  # read every image of the eval split before training (a bad file fails now)
     calibrate: bool = True  # choose the card's `calibrate:` grid on the val split before the test split is scored
     calibrate_max_images: int | None = Field(None, ge=1)  # None: every val image
@@ -174,7 +176,9 @@ class SourceInfo(Strict):
 
 
 class SplitConfig(Strict):
-    kind: Literal["official", "random", "kfold"] = "official"
+    # kfold: folds over the non-test images (the official test split stays); crossval: folds over every image, the
+    # test set rotates (fold k is the test set), for datasets too small for a fixed test split (BraTS here)
+    kind: Literal["official", "random", "kfold", "crossval"] = "official"
     seed: int = 0
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
@@ -278,12 +282,20 @@ class RunConfig(Strict):
                     resolve_metrics(list(names), self.dataset.task)
                 except ValueError as exc:
                     raise ValueError(f"eval.{key}: {exc}") from None
+        if self.eval.regions:  # class indices of the dataset's classes, checked by the metrics' own rules
+            from .metrics import MetricContext
+
+            try:
+                MetricContext(task=self.dataset.task, num_classes=self.dataset.num_classes,
+                              regions=self.eval.regions)
+            except ValueError as exc:
+                raise ValueError(f"eval.regions: {exc}") from None
         return self
 
     def run_dir(self) -> Path:
         name = self.method.name + (f"-{self.tag}" if self.tag else "")
         sc = self.dataset.splits
-        fold = f"_fold{sc.fold}" if sc.kind == "kfold" else ""  # each fold is a run of its own
+        fold = f"_fold{sc.fold}" if sc.kind in ("kfold", "crossval") else ""  # each fold is a run of its own
         return Path(self.output_root) / self.dataset.name / name / f"seed{self.seed}{fold}"
 
     def config_hash(self) -> str:

@@ -213,6 +213,35 @@ def kfold_splits(ids: list[str], official, *, folds: int, fold: int, seed: int,
     return {"train": train, "val": val, "test": test}
 
 
+def crossval_splits(ids: list[str], *, folds: int, fold: int, seed: int, path: Path | None) -> dict[str, list[str]]:
+    """Seeded cross-validation over every image: fold `fold` is the test set, the validation set is a share
+    (1 / folds, at least one) of the others, drawn with the same seed, the rest trains. Over all folds every image
+    is a test image exactly once, so a leaderboard pools the folds' per-image values (nnU-Net's 5-fold CV, for
+    datasets too small to hold a test split apart). All folds are persisted in one file."""
+    if fold >= folds:
+        raise DataError(f"splits.fold={fold} but splits.folds={folds}")
+    if len(ids) < folds + 1:
+        raise DataError(f"splits.kind=crossval: {len(ids)} images cannot fill {folds} test folds and a val set")
+    digest = content_hash(ids)
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        _check_saved(path, saved, digest, None, "folds")
+        all_folds = saved["folds"]
+    else:
+        pool = sorted(ids)
+        np.random.default_rng(seed).shuffle(pool)
+        all_folds = [sorted(pool[k::folds]) for k in range(folds)]
+        if path is not None:
+            from .cache import atomic_write_text
+
+            atomic_write_text(path, json.dumps({"content_hash": digest, "official_hash": official_hash(None),
+                                                "seed": seed, "kind": "crossval", "folds": all_folds}, indent=1))
+    test = all_folds[fold]
+    rest = [i for k in range(1, folds) for i in all_folds[(fold + k) % folds]]  # a fixed order per fold
+    n_val = max(1, len(rest) // folds)
+    return {"train": sorted(rest[n_val:]), "val": sorted(rest[:n_val]), "test": test}
+
+
 def split_policy(card, reader: "DatasetReader", persist_dir: Path | None) -> dict[str, list[str]]:
     """The splits a run uses: the official split when the dataset has one, else seeded random; k-fold
     cross-validation over the non-test images, keeping the official test split when there is one.
@@ -232,6 +261,9 @@ def split_policy(card, reader: "DatasetReader", persist_dir: Path | None) -> dic
     if sc.kind == "kfold":
         path = persist_dir / f"splits_kfold{sc.folds}_seed{sc.seed}{sfx}.json" if persist_dir else None
         return kfold_splits(ids, official, folds=sc.folds, fold=sc.fold, seed=sc.seed, path=path)
+    if sc.kind == "crossval":
+        path = persist_dir / f"splits_crossval{sc.folds}_seed{sc.seed}{sfx}.json" if persist_dir else None
+        return crossval_splits(ids, folds=sc.folds, fold=sc.fold, seed=sc.seed, path=path)
     use_official = official if sc.kind == "official" else None
     if persist_dir is None:
         return make_splits(ids, use_official, seed=sc.seed)

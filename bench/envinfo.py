@@ -91,3 +91,21 @@ def select_device(name: str = "auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
     return dev
+
+
+def training_resources(networks: dict, device) -> dict:
+    """What a run's training cost, for the leaderboards' cost table: trainable parameters of its networks, the
+    process's peak resident memory so far (ru_maxrss: data, caches and the CPU-side model included) and, on CUDA,
+    torch's peak allocated device memory."""
+    import resource
+
+    import torch
+
+    from .distributed import unwrap
+
+    params = sum(p.numel() for n in networks.values() for p in unwrap(n).parameters() if p.requires_grad)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    out = {"parameters": int(params), "peak_rss_mib": round(rss_kib / 1024, 1)}
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out

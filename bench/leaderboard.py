@@ -72,6 +72,21 @@ class Row:
                 + (" (failed: flat validation curve)" if self.failed else ""))
 
 
+def _cv_union(groups: list[list]) -> int:
+    """The number of folds when each seed's runs are cross-validation folds: two or more runs per seed with
+    disjoint test images whose union is the same for every seed; else 0."""
+    if not any(len(g) > 1 for g in groups):
+        return 0
+    unions = set()
+    for g in groups:
+        sets = [frozenset(r.table()["image"].unique()) for r in g]
+        union = frozenset().union(*sets)
+        if sum(map(len, sets)) != len(union):
+            return 0
+        unions.add(union)
+    return max(map(len, groups)) if len(unions) == 1 else 0
+
+
 def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None = None,
                methods: list[str] | None = None, n_boot: int = 2000) -> tuple[list[Row], list[str], str]:
     runs = finished_runs(output_root, dataset)
@@ -86,19 +101,25 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
     for label, rs in sorted(by_label.items()):
         if methods and label not in methods:
             continue
+        # the runs of one seed: one run, or the folds of a cross-validation (disjoint test sets, pooled)
+        by_seed: dict = {}
+        for r in rs:
+            by_seed.setdefault(r.summary.get("seed"), []).append(r)
+        groups = list(by_seed.values())
         cells = {}
         for m in metrics:
             per_img = per_image_values(rs, m)
             if not per_img:
                 continue
             vals = np.array(list(per_img.values()))
-            seed_means = [np.mean(list(per_image_values([r], m).values())) for r in rs]
-            per_seed = [per_image_values([r], m) for r in rs]
-            same = len(rs) > 1 and all(p == per_seed[0] for p in per_seed[1:])
+            per_seed = [per_image_values(g, m) for g in groups]
+            seed_means = [np.mean(list(p.values())) for p in per_seed if p]
+            same = len(groups) > 1 and all(p == per_seed[0] for p in per_seed[1:])
             cells[m] = Cell(float(vals.mean()), bootstrap_ci(vals, n_boot=n_boot),
-                            float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)) if len(rs) > 1 else 0.0,
-                            deterministic=same)
+                            float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)) if len(seed_means) > 1
+                            else 0.0, deterministic=same)
         images = {i for r in rs for i in r.table()["image"].unique()}
+        folds = _cv_union(groups)
         prov = {
             "runs": [str(r.run_dir) for r in rs],
             "mlflow_run_ids": [r.summary.get("mlflow_run_id") for r in rs],
@@ -108,6 +129,9 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
             "hardware": sorted({str(r.summary.get("hardware")) for r in rs}),
         }
         sets = {r.image_set for r in rs}
+        if folds:  # cross-validation: every seed's folds cover the same images once; the row's set is their union
+            prov["folds"] = folds
+            sets = {image_set_hash(images)}
         if len(sets) > 1:
             log.warning("leaderboard %s: the seeds of %r were scored on %d different test image sets",
                         dataset, label, len(sets))
@@ -121,7 +145,7 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
             log.warning("leaderboard %s: %r is under-trained: its validation %s was still rising at the end of "
                         "the budget", dataset, label, curves[0].monitor)
         # seeds on different image sets: the row mixes sets, and is never ranked
-        rows.append(Row(label, cells, len(images), len(rs), prov,
+        rows.append(Row(label, cells, len(images), len(groups), prov,
                         image_set=next(iter(sets)) if len(sets) == 1 else "mixed:" + image_set_hash(sorted(sets)),
                         partial=partial, curves=curves))
     mark_comparable(rows, dataset)
@@ -402,6 +426,37 @@ def ceiling_section(rows: list[Row], metrics: list[str], dataset: str, output_ro
     return lines
 
 
+def cost_section(rows: list[Row], dataset: str, output_root: str | Path) -> list[str]:
+    """What each trained row cost (means over its seeds): parameters, training wall time, peak memory, prediction
+    time per test image, and the machine. Shown when the runs recorded their training resources."""
+    summaries: dict[str, list[dict]] = {}
+    for run in finished_runs(output_root, dataset):
+        summaries.setdefault(run.label, []).append(run.summary)
+    measured = [r for r in rows if not r.reported and any(s.get("training_resources") for s in summaries.get(r.label, []))]
+    if not measured:
+        return []
+    lines = ["", "## Cost", "",
+             "Means over each row's seeds, on the runs' machine: trainable parameters, training wall time "
+             "(validation included), peak memory of the training (the process's resident memory, and torch's "
+             "allocated GPU memory on CUDA), prediction time per test image (whole image, post-processing "
+             "included).", "",
+             "| method | parameters | training min/run | peak RSS MiB | peak GPU MiB | predict s/image | machine |",
+             "|---|---|---|---|---|---|---|"]
+    for r in measured:
+        res = [s["training_resources"] for s in summaries[r.label] if s.get("training_resources")]
+        mins = [t for t in (_training_minutes(d) for d in r.provenance.get("runs", [])) if t is not None]
+        pred = [s["seconds_per_image"] for s in summaries[r.label] if s.get("seconds_per_image") is not None]
+
+        def mean(key, fmt):
+            vals = [x[key] for x in res if x.get(key) is not None]
+            return fmt.format(np.mean(vals)) if vals else "—"
+
+        lines.append(f"| {r.label} | {mean('parameters', '{:,.0f}')} | {f'{np.mean(mins):.1f}' if mins else '—'} | "
+                     f"{mean('peak_rss_mib', '{:,.0f}')} | {mean('peak_cuda_mib', '{:,.0f}')} | "
+                     f"{f'{np.mean(pred):.2f}' if pred else '—'} | {', '.join(r.provenance.get('hardware', []))} |")
+    return lines
+
+
 def curves_figure(rows: list[Row], stem: str, out_dir: Path) -> Path | None:
     """Validation curve (monitor against optimiser steps) of every seed of every trained row."""
     import matplotlib
@@ -548,6 +603,7 @@ def leaderboard(dataset: str, *, output_root: str | Path = "runs", out_dir: str 
     command = command or f"bench leaderboard --dataset {dataset} --out {out_dir}"
     extra = baseline_section(rows, metrics, dataset, baseline, output_root, n_boot) if baseline else []
     extra += ceiling_section(rows, metrics, dataset, output_root)
+    extra += cost_section(rows, dataset, output_root)
     written = {}
     for fmt in formats:
         if fmt == "html":

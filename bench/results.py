@@ -140,8 +140,9 @@ def sweep(methods: list[str], datasets: list[str], seeds: list[int], *, override
     # every combination resolves before anything trains: a typo fails in seconds, not after the first runs
     plan = []
     for d, m, seed, fold in axes:
-        sets = list(overrides or []) + ([] if fold is None else ["dataset.splits.kind=kfold",
-                                                                 f"dataset.splits.fold={fold}"])
+        # the user's overrides come last: `--set dataset.splits.kind=crossval` picks the rotating-test folds
+        sets = ([] if fold is None else ["dataset.splits.kind=kfold", f"dataset.splits.fold={fold}"]) + list(
+            overrides or [])
         plan.append((m, d, seed, fold, sets, resolve_config(m, d, overlay=overlays or None, overrides=sets,
                                                             seed=seed)))
     tasks, opts = [], None

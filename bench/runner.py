@@ -181,6 +181,7 @@ def metric_context(cfg: RunConfig, spacing: tuple[float, ...] | None = None, par
         num_classes=cfg.dataset.num_classes,
         class_names=list(cfg.dataset.classes),
         boundary_tolerance=cfg.eval.boundary_tolerance,
+        regions=cfg.eval.regions,
         partial=partial,
     )
 
@@ -392,7 +393,7 @@ def run_folder_lock(run_dir: Path):
 def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_root: str | None, progress: bool,
          evaluate_test: bool, on_epoch, parent_run_id: str | None, outcome: dict | None = None) -> RunResult:
     from . import distributed
-    from .envinfo import environment_record, seed_everything
+    from .envinfo import environment_record, seed_everything, training_resources
     from .loop import FitContext
 
     files = RunFiles(run_dir)
@@ -468,6 +469,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, data_r
     try:
         if method.trainable and cfg.train.epochs > 0:
             best = (method.fit(ctx) or {}).get("best_value")
+            if main:  # read before evaluation, whose whole-image inference has its own, image-size-bound peak
+                _update_status(run_dir, resources=training_resources(method.networks, device))
         elif not evaluate_test:  # nothing to train: the validation score is the objective
             if not ctx.val_ids():
                 raise DataError(f"dataset {cfg.dataset.name!r}: the val split is empty")
@@ -619,6 +622,8 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         "git_commit": env.get("git_commit"), "hardware": hardware_summary(env) if env else None,
         "task": cfg.dataset.task, "created": time.time(), **provenance(method, cfg),
     }
+    if status.get("resources"):  # parameters and peak memory of the training (bench.envinfo.training_resources)
+        summary["training_resources"] = status["resources"]
     if calibrated is not None:  # the post-processing the scores rest on, chosen on the val split
         summary["postprocess"] = {"calibrated_on": "val", "params": calibrated}
     if n_partial:  # instance metrics rest on the fully annotated images only

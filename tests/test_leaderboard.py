@@ -68,9 +68,18 @@ def test_leaderboard_from_real_runs(swept, tmp_path):
     assert csv[csv.kind == "reported"]["method"].tolist() == ["paper_method"]
     assert r"\textbf" in out["tex"].read_text() and "<strong>" in out["html"].read_text()
 
+    # the cost table: a trained row with the parameters and peak memory its runs recorded; training-free rows are
+    # not in it
+    res = [json.loads((Path(r) / "summary.json").read_text())["training_resources"]
+           for r in measured.loc["unet", "runs"].split(";")]
+    assert all(x["parameters"] > 0 and x["peak_rss_mib"] > 0 for x in res)
+    cost = md.split("## Cost", 1)[1].split("\n## ", 1)[0]
+    assert f"| unet | {np.mean([x['parameters'] for x in res]):,.0f} |" in cost
+    assert "| classic_watershed |" not in cost
 
-def _fake_run(root: Path, label: str, seed: int, values: dict[str, float]) -> None:
-    d = root / "ds" / label / f"seed{seed}"
+
+def _fake_run(root: Path, label: str, seed: int, values: dict[str, float], fold: int | None = None) -> None:
+    d = root / "ds" / label / (f"seed{seed}" + ("" if fold is None else f"_fold{fold}"))
     d.mkdir(parents=True)
     rows = [{"image": img, "metric": "f1@0.50", "class": "", "value": v, "flag": ""} for img, v in values.items()]
     pd.DataFrame(rows).to_csv(d / "metrics_per_image.csv", index=False)
@@ -183,3 +192,31 @@ def test_baseline_section_says_in_words_whether_a_row_beats_the_baseline(tmp_pat
     with pytest.raises(ValueError, match="baseline 'nope' has no comparable measured row"):
         leaderboard("ds", output_root=tmp_path, out_dir=tmp_path / "lb", formats=["md"], metrics=["f1@0.50"],
                     log_mlflow=False, n_boot=50, baseline="nope")
+
+
+def test_cross_validation_folds_pool_into_one_row_over_every_test_image(tmp_path, caplog):
+    """Folds of a rotating-test cross-validation (disjoint test images) are one row over their union, ranked
+    against the other CV rows; the seeds column counts seeds, not folds."""
+    imgs = [f"case{i}" for i in range(6)]
+    for seed in (0, 1):
+        for k in range(3):
+            fold = imgs[k::3]
+            _fake_run(tmp_path, "a", seed, {i: 0.8 + 0.01 * int(i[-1]) for i in fold}, fold=k)
+            _fake_run(tmp_path, "b", seed, {i: 0.5 for i in fold}, fold=k)
+    _fake_run(tmp_path, "one_fold", 0, {i: 0.9 for i in imgs[0::3]}, fold=0)
+    with caplog.at_level("WARNING"):
+        rows, _, _ = build_rows(tmp_path, "ds", metrics=["f1@0.50"], n_boot=100)
+    by = {r.label: r for r in rows}
+    assert by["a"].n_images == 6 and by["a"].n_seeds == 2 and by["a"].provenance["folds"] == 3
+    assert by["a"].cells["f1@0.50"].mean == pytest.approx(np.mean([0.8 + 0.01 * i for i in range(6)]))
+    assert by["a"].comparable and by["b"].comparable and by["a"].image_set == by["b"].image_set
+    assert not by["one_fold"].comparable  # 2 of the 6 cases: never ranked against the pooled rows
+    assert "different test image sets" not in caplog.text
+
+
+def test_overlapping_runs_of_one_seed_are_not_taken_for_folds(tmp_path):
+    imgs = [f"im{i}" for i in range(6)]
+    _fake_run(tmp_path, "a", 0, {i: 0.5 for i in imgs[:4]}, fold=0)
+    _fake_run(tmp_path, "a", 0, {i: 0.5 for i in imgs[2:]}, fold=1)
+    (row,), _, _ = build_rows(tmp_path, "ds", metrics=["f1@0.50"], n_boot=100)
+    assert "folds" not in row.provenance and row.image_set.startswith("mixed:")

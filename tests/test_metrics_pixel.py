@@ -306,3 +306,34 @@ def test_bf1_3d_equals_brute_force(masks, tol):
     d = cdist(bp, bg)
     assert p == pytest.approx((d.min(axis=1) <= tol).mean(), abs=1e-12)
     assert r == pytest.approx((d.min(axis=0) <= tol).mean(), abs=1e-12)
+
+
+def test_regions_score_unions_of_classes_by_hand():
+    """BraTS-style regions: WT = classes 1-3, TC = 2-3, ET = 3. A voxel predicted 2 where the reference says 1 is
+    wrong for its class but right for WT, so region Dice differs from class Dice."""
+    gt = np.zeros((8, 8), np.int64)
+    gt[1:7, 1:7] = 1  # 36 voxels of WT
+    gt[2:6, 2:6] = 2  # 16 of TC
+    gt[3:5, 3:5] = 3  # 4 of ET
+    pred = gt.copy()
+    pred[1, 1:7] = 2  # 6 edema voxels called core: WT unchanged, TC gains 6 false positives
+    pred[3:5, 3:5] = 2  # ET missed (called core): TC unchanged, ET empty
+    ctx = MetricContext(task="semantic", num_classes=4, class_names=["bg", "ed", "core", "et"],
+                        regions={"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]})
+    got = {(r["metric"], r["class"]): r["value"] for r in evaluate_image(pred, gt, ctx, ["dice", "iou", "hd95"])}
+    assert got[("dice", "WT")] == 1.0 and got[("iou", "WT")] == 1.0 and got[("hd95", "WT")] == 0.0
+    assert got[("dice", "TC")] == pytest.approx(2 * 16 / (16 + 22))
+    assert got[("iou", "TC")] == pytest.approx(16 / 22)
+    assert got[("dice", "ET")] == 0.0  # the reference has ET, the prediction none
+    assert {c for (_, c) in got} == {"WT", "TC", "ET"}  # regions replace the single classes
+    with pytest.raises(ValueError, match="region 'XX'"):
+        MetricContext(task="semantic", num_classes=4, regions={"XX": [4]})
+
+
+def test_a_bad_region_in_the_config_fails_at_config_time():
+    from bench.config import resolve_config
+
+    cfg = resolve_config("unet3d", "brats2015")
+    assert cfg.eval.regions == {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+    with pytest.raises(Exception, match=r"eval.regions: region 'ET'"):
+        resolve_config("unet3d", "brats2015", overrides=["eval.regions={ET: [7]}"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.config import resolve_config
-from bench.data import DataError, kfold_splits, load_or_create_splits
+from bench.data import DataError, crossval_splits, kfold_splits, load_or_create_splits
 from bench.method import NonFiniteLossError
 from bench.methods.unet import UNet
 from bench.registry import METHODS
@@ -159,3 +159,30 @@ def test_to_device_makes_image_batches_channels_last():
     assert out["image"].is_contiguous(memory_format=torch.channels_last) and not out["image"].is_contiguous()
     assert out["target"].is_contiguous() and out["id"] == ["a", "b"]
     assert to_device(batch, torch.device("cpu"))["image"].is_contiguous()
+
+
+def test_training_resources_count_trainable_parameters_and_read_the_peak_memory():
+    from bench.envinfo import training_resources
+
+    frozen = torch.nn.Linear(4, 4)
+    frozen.requires_grad_(False)
+    nets = {"a": torch.nn.Linear(10, 3), "b": torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), frozen)}
+    res = training_resources(nets, torch.device("cpu"))
+    assert res["parameters"] == 10 * 3 + 3 + 2 * 9 + 2  # the frozen layer is not counted
+    assert res["peak_rss_mib"] > 50  # this process holds torch: tens of MiB at least
+    assert "peak_cuda_mib" not in res  # no CUDA peak is claimed for a CPU run
+
+
+def test_crossval_rotates_the_test_fold_over_every_image_and_is_persisted(tmp_path):
+    ids = [f"case{i}" for i in range(6)]
+    p = tmp_path / "cv.json"
+    folds = [crossval_splits(ids, folds=3, fold=k, seed=0, path=p) for k in range(3)]
+    assert sorted(i for f in folds for i in f["test"]) == sorted(ids)  # each image tested exactly once
+    for f in folds:
+        assert (len(f["train"]), len(f["val"]), len(f["test"])) == (3, 1, 2)
+        assert sorted(f["train"] + f["val"] + f["test"]) == sorted(ids)
+    assert crossval_splits(ids, folds=3, fold=1, seed=99, path=p) == folds[1]  # read back, not redrawn
+    with pytest.raises(DataError, match="other data"):
+        crossval_splits(ids[:-1], folds=3, fold=0, seed=0, path=p)
+    with pytest.raises(DataError, match="cannot fill"):
+        crossval_splits(ids[:3], folds=3, fold=0, seed=0, path=None)

@@ -76,6 +76,9 @@ class MetricContext:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     partial: bool = False
     extra_boundary_tolerances: tuple[float, ...] = ()
+    # semantic task: score these unions of classes (name -> class indices) instead of the single classes, as the
+    # BraTS regions (whole tumour = classes 1-3, ...) and nnU-Net's region-based evaluation
+    regions: dict[str, tuple[int, ...]] | None = None
     # per-image scratch space that evaluate_image sets so metrics can share work (the matching, the
     # confusion matrix); None outside evaluate_image, so a direct call never sees another image's data
     cache: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -110,6 +113,12 @@ class MetricContext:
         names = [fmt_tolerance(t) for t in (self.boundary_tolerance, *self.extra_boundary_tolerances)]
         if len(set(names)) != len(names):
             raise ValueError(f"boundary tolerances {names} are not distinct")
+        if self.regions:
+            self.regions = {str(k): tuple(int(c) for c in v) for k, v in self.regions.items()}
+            for k, v in self.regions.items():
+                if not v or any(not 1 <= c < self.num_classes for c in v):
+                    raise ValueError(f"region {k!r}: classes {list(v)} must be foreground class indices "
+                                     f"1..{self.num_classes - 1}")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
             if len(self.class_names) not in (self.num_classes, self.num_classes - 1):
@@ -117,6 +126,12 @@ class MetricContext:
                     f"class_names has {len(self.class_names)} names; expected num_classes={self.num_classes} "
                     f"(with background) or {self.num_classes - 1} (foreground only)"
                 )
+
+    def evaluation_masks(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, class indices) of what the semantic metrics score: each foreground class, or each region."""
+        if self.regions:
+            return [(name, cls) for name, cls in self.regions.items()]
+        return [(self.class_name(c), (c,)) for c in self.foreground_classes()]
 
     def spacing_for(self, ndim: int) -> tuple[float, ...]:
         if not self.spacing:

@@ -67,6 +67,13 @@ def _classes(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext):
     if ctx.task == "instance":
         counts = cached(ctx, "fg_counts", lambda: class_counts(np.asarray(pred) > 0, np.asarray(gt) > 0, 2))
         return counts, [(1, "")]
+    if ctx.regions:  # each region's union of classes as a binary mask: counts[.][k] is region k's
+        def region_counts():
+            per = [class_counts(*_present(pred, gt, cls), 2) for cls in ctx.regions.values()]
+            return tuple(np.array([0, *(c[i][1] for c in per)]) for i in range(3))
+
+        counts = cached(ctx, "region_counts", region_counts)
+        return counts, [(k + 1, name) for k, name in enumerate(ctx.regions)]
     counts = cached(ctx, "class_counts", lambda: class_counts(pred, gt, ctx.num_classes))
     return counts, [(c, ctx.class_name(c)) for c in ctx.foreground_classes()]
 
@@ -113,8 +120,11 @@ def iou_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[Met
     return _overlap_metric(pred, gt, ctx, 1, "iou")
 
 
-def _present(pred, gt, ctx: MetricContext, c: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(pred) == c, np.asarray(gt) == c
+def _present(pred, gt, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of a class (or of a union of classes: a region) in the prediction and the reference."""
+    if len(classes) == 1:
+        return np.asarray(pred) == classes[0], np.asarray(gt) == classes[0]
+    return np.isin(pred, classes), np.isin(gt, classes)
 
 
 @register_metric(
@@ -128,10 +138,10 @@ def _present(pred, gt, ctx: MetricContext, c: int) -> tuple[np.ndarray, np.ndarr
 def hd95_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[MetricValue]:
     spacing = ctx.spacing_for(np.ndim(pred))
     out = []
-    for c in ctx.foreground_classes():
-        pm, gm = _present(pred, gt, ctx, c)
+    for cname, cls in ctx.evaluation_masks():
+        pm, gm = _present(pred, gt, cls)
         v, flag = hausdorff_distance(pm, gm, spacing, 95.0)
-        out.append(MetricValue("hd95", v, ctx.class_name(c), flag))
+        out.append(MetricValue("hd95", v, cname, flag))
     return out
 
 
@@ -147,9 +157,9 @@ def bf1_metric(pred: np.ndarray, gt: np.ndarray, ctx: MetricContext) -> list[Met
     rows = [("bf1", ctx.boundary_tolerance)]
     rows += [(f"bf1@{fmt_tolerance(t)}", t) for t in ctx.extra_boundary_tolerances]
     out = []
-    for c in ctx.foreground_classes():
-        pm, gm = _present(pred, gt, ctx, c)
+    for cname, cls in ctx.evaluation_masks():
+        pm, gm = _present(pred, gt, cls)
         for name, t in rows:
             f, _, _, flag = boundary_f1(pm, gm, tolerance_pixels(t, np.shape(pred)))
-            out.append(MetricValue(name, f, ctx.class_name(c), flag))
+            out.append(MetricValue(name, f, cname, flag))
     return out

@@ -73,7 +73,7 @@ def _masks(pred: np.ndarray, ctx: MetricContext):
     from scipy import ndimage as ndi
 
     if ctx.task == "semantic":
-        return [(ctx.class_name(c), [pred == c]) for c in ctx.foreground_classes()]
+        return [(name, [np.isin(pred, cls)]) for name, cls in ctx.evaluation_masks()]
     objs = []
     for k, box in enumerate(ndi.find_objects(pred), start=1):
         if box is not None:
