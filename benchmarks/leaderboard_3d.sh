@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The 3D leaderboards of issue 12 (leaderboards/brats2015.md, leaderboards/drosophila_vnc.md): pde3d_unet (full and
 # the loss-only ablation), 3D UNet, V-Net and Swin UNETR over one recipe (configs/cpu_3d.yaml: each card's CPU
-# widths, 64^3 patches, 1,000 steps), plus pde3d_unet and unet3d trained on noisy labels (30% of the training
+# widths, 64^3 patches, 400 steps), plus pde3d_unet and unet3d trained on noisy labels (30% of the training
 # objects eroded, dilated or dropped; test labels untouched).
 #   brats2015: 3-fold cross-validation over the 6 cases (splits.kind=crossval: each fold tests 2 cases, validates
 #     on 1, trains on 3), so every row rests on all 6 cases, each scored once.
@@ -56,5 +56,5 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 bench leaderboard --dataset "$ds" --output-root "$out" \
   --methods pde3d_unet,pde3d_unet_loss,unet3d,vnet,swin_unetr,pde3d_unet-noisy30,unet3d-noisy30 \
   --metrics "$metrics" --format md,csv,html,tex --baseline unet3d \
-  --note "Runs: \`BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh $ds\` (the runs, then this command). Recipe configs/cpu_3d.yaml for every row (each card's CPU widths; AdamW, cosine, 1,000 steps of batch 2, flips/rot90/intensity); $what. *-noisy30: trained with train.label_noise.rate=0.3 (training objects eroded, dilated or dropped, seeded); test labels untouched."
+  --note "Runs: \`BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh $ds\` (the runs, then this command). Recipe configs/cpu_3d.yaml for every row (each card's CPU widths; AdamW, cosine, 400 steps of batch 2, flips/rot90/intensity); $what. *-noisy30: trained with train.label_noise.rate=0.3 (training objects eroded, dilated or dropped, seeded); test labels untouched."
 exit $status
