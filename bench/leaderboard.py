@@ -427,33 +427,43 @@ def ceiling_section(rows: list[Row], metrics: list[str], dataset: str, output_ro
 
 
 def cost_section(rows: list[Row], dataset: str, output_root: str | Path) -> list[str]:
-    """What each trained row cost (means over its seeds): parameters, training wall time, peak memory, prediction
-    time per test image, and the machine. Shown when the runs recorded their training resources."""
+    """What each row cost (means over its runs): parameters, training wall time, peak memory of the training,
+    prediction time per test image and, where the runner timed it apart, the post-processing alone (an ISR fit, a
+    watershed). Shown when some run recorded its training resources or a post-processing time."""
     summaries: dict[str, list[dict]] = {}
     for run in finished_runs(output_root, dataset):
         summaries.setdefault(run.label, []).append(run.summary)
-    measured = [r for r in rows if not r.reported and any(s.get("training_resources") for s in summaries.get(r.label, []))]
+
+    def recorded(s: dict) -> bool:
+        return bool(s.get("training_resources")) or s.get("postprocess_seconds_per_image") is not None
+
+    measured = [r for r in rows if not r.reported and any(recorded(s) for s in summaries.get(r.label, []))]
     if not measured:
         return []
     lines = ["", "## Cost", "",
-             "Means over each row's seeds, on the runs' machine: trainable parameters, training wall time "
+             "Means over each row's runs, on the runs' machine: trainable parameters, training wall time "
              "(validation included), peak memory of the training (the process's resident memory, and torch's "
              "allocated GPU memory on CUDA), prediction time per test image (whole image, post-processing "
-             "included).", "",
-             "| method | parameters | training min/run | peak RSS MiB | peak GPU MiB | predict s/image | machine |",
-             "|---|---|---|---|---|---|---|"]
+             "included) and the post-processing alone (an ISR fit, a watershed).", "",
+             "| method | parameters | training min/run | peak RSS MiB | peak GPU MiB | predict s/image | "
+             "post-process s/image | machine |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in measured:
-        res = [s["training_resources"] for s in summaries[r.label] if s.get("training_resources")]
+        ss = summaries[r.label]
+        res = [s["training_resources"] for s in ss if s.get("training_resources")]
         mins = [t for t in (_training_minutes(d) for d in r.provenance.get("runs", [])) if t is not None]
-        pred = [s["seconds_per_image"] for s in summaries[r.label] if s.get("seconds_per_image") is not None]
 
-        def mean(key, fmt):
-            vals = [x[key] for x in res if x.get(key) is not None]
-            return fmt.format(np.mean(vals)) if vals else "—"
+        def mean(values, fmt):
+            values = [v for v in values if v is not None]
+            return fmt.format(np.mean(values)) if values else "—"
 
-        lines.append(f"| {r.label} | {mean('parameters', '{:,.0f}')} | {f'{np.mean(mins):.1f}' if mins else '—'} | "
-                     f"{mean('peak_rss_mib', '{:,.0f}')} | {mean('peak_cuda_mib', '{:,.0f}')} | "
-                     f"{f'{np.mean(pred):.2f}' if pred else '—'} | {', '.join(r.provenance.get('hardware', []))} |")
+        cells = [mean([x.get("parameters") for x in res], "{:,.0f}"), mean(mins, "{:.1f}"),
+                 mean([x.get("peak_rss_mib") for x in res], "{:,.0f}"),
+                 mean([x.get("peak_cuda_mib") for x in res], "{:,.0f}"),
+                 mean([s.get("seconds_per_image") for s in ss], "{:.2f}"),
+                 mean([s.get("postprocess_seconds_per_image") for s in ss], "{:.2f}"),
+                 ", ".join(r.provenance.get("hardware", []))]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     return lines
 
 
