@@ -20,7 +20,15 @@ PLUS[10:90, 45:55] = True
 TWO = np.zeros((60, 60), bool)
 TWO[5:20, 5:20] = TWO[30:50, 30:50] = True
 
+# a T with its stem off-centre: star-shaped about the stem's column inside the bar only; its centroid lies
+# beside the stem and its distance-transform maxima run along the bar's midline, so the test must search beyond
+# those candidates
+TEE = np.zeros((100, 100), bool)
+TEE[10:30, 10:90] = True
+TEE[30:95, 14:20] = True
+
 CASES = {  # mask: (convex, star-shaped, connected)
+    "tee_off_centre_kernel": (TEE, (False, True, True)),
     "disc": (DISC, (True, True, True)),
     "plus": (PLUS, (False, True, True)),
     "ring": (RING, (False, False, True)),

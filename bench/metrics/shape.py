@@ -7,7 +7,8 @@ guarantees? One value per image: 1/0 per foreground class (semantic task), the s
 - ``shape_connected``: one 8-connected component.
 - ``shape_star``: some pixel sees every boundary pixel of the mask: the segment to it, sampled every half pixel,
   stays within one pixel of the mask (digitising a star-shaped set can cut a ray by a pixel). Candidate centres:
-  the centroid and the maxima of the distance transform.
+  the centroid and the maxima of the distance transform, then up to 256 mask pixels spread over the mask (the
+  kernel of a star-shaped set can lie off its centre).
 
 Requested, not run by default (``eval.extra_metrics: [shape]``): the ISR study needs them, other studies do not.
 An empty mask counts as satisfying every constraint (flagged ``empty_pred``).
@@ -39,7 +40,15 @@ def is_connected(mask: np.ndarray) -> bool:
     return ndi.label(np.asarray(mask, bool), structure=np.ones((3, 3)))[1] <= 1
 
 
-def is_star_shaped(mask: np.ndarray, n_candidates: int = 8) -> bool:
+def _sees_every_point(c: np.ndarray, targets: np.ndarray, near: np.ndarray) -> bool:
+    """Whether the segments from pixel c to every target pixel, sampled every half pixel, stay in `near`."""
+    length = np.sqrt(((targets - c) ** 2).sum(1)).max()
+    t = np.linspace(0.0, 1.0, max(2, int(np.ceil(2 * length)) + 1))
+    pts = np.rint(c[None, None] + t[None, :, None] * (targets - c)[:, None]).astype(int)  # (targets, samples, 2)
+    return bool(near[pts[..., 0], pts[..., 1]].all())
+
+
+def is_star_shaped(mask: np.ndarray, n_candidates: int = 8, n_search: int = 256) -> bool:
     from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
 
@@ -56,11 +65,18 @@ def is_star_shaped(mask: np.ndarray, n_candidates: int = 8) -> bool:
     centroid = np.argwhere(mask).mean(0).round().astype(int)
     if mask[tuple(centroid)]:
         candidates.insert(0, centroid)
+    # the kernel of a star-shaped set need not hold the centroid or the deepest pixels (a fitted star's centre
+    # sits anywhere in it): then a search over up to n_search mask pixels, deepest first, each first tried
+    # against a sample of the boundary so that most non-centres are rejected cheaply
+    inside = np.argwhere(mask)
+    inside = inside[:: max(1, len(inside) // n_search)]
+    inside = inside[np.argsort(dist[tuple(inside.T)])[::-1]]
+    sample = edge[:: max(1, len(edge) // 64)]
     for c in candidates:
-        length = np.sqrt(((edge - c) ** 2).sum(1)).max()
-        t = np.linspace(0.0, 1.0, max(2, int(np.ceil(2 * length)) + 1))
-        pts = np.rint(c[None, None] + t[None, :, None] * (edge - c)[:, None]).astype(int)  # (edges, samples, 2)
-        if near[pts[..., 0], pts[..., 1]].all():
+        if _sees_every_point(c, edge, near):
+            return True
+    for c in inside:
+        if _sees_every_point(c, sample, near) and _sees_every_point(c, edge, near):
             return True
     return False
 
