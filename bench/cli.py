@@ -145,6 +145,9 @@ def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (default: the config's, test)."),
     data_root: Optional[Path] = DataRootOpt,
+    from_predictions: bool = typer.Option(
+        False, "--from-predictions",
+        help="Score the run's saved predictions again (new metric code) instead of predicting; keeps their timings."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Re-evaluate a finished run (best checkpoint) on its test split."""
@@ -153,7 +156,7 @@ def eval_cmd(
         from .runner import evaluate_run
 
         summary = evaluate_run(run_dir, split=split, data_root=str(data_root) if data_root else None,
-                               progress=not quiet)
+                               progress=not quiet, from_predictions=from_predictions)
         _print_summary(summary, run_dir)
 
     _setup_logging(quiet)

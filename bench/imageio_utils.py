@@ -60,6 +60,16 @@ def write_label(path: Path, label: np.ndarray) -> None:
     tifffile.imwrite(path, label.astype(dtype), compression="zlib")
 
 
+def read_label(path: Path) -> np.ndarray:
+    """A label image written by write_label (a run's saved prediction); an unreadable file names itself."""
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read the label image ({type(exc).__name__}: {exc})") from None
+
+
 def overlay_rgb(image: np.ndarray, pred: np.ndarray | None, gt: np.ndarray | None) -> np.ndarray:
     """Grey image with reference outlines in green just outside each object and predicted outlines in magenta
     just inside, so both stay visible where they coincide (middle slice in 3D). Returns (H, W, 3) uint8."""

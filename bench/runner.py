@@ -552,8 +552,13 @@ def provenance(method: Method, cfg: RunConfig) -> dict[str, Any]:
 
 
 def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict[str, list[str]], run_dir: Path,
-             tracker, *, progress: bool = True, split: str | None = None) -> dict[str, Any]:
-    """Predict the evaluation split, write predictions/overlays, the per-image table and the summary."""
+             tracker, *, progress: bool = True, split: str | None = None,
+             from_predictions: bool = False) -> dict[str, Any]:
+    """Predict the evaluation split, write predictions/overlays, the per-image table and the summary.
+
+    ``from_predictions``: score the predictions the run saved instead of predicting again (new or corrected metric
+    code over an expensive method, as nnU-Net's evaluate_folder); the timings are those of the summary they came
+    with, since nothing is predicted."""
     import pandas as pd
 
     from .envinfo import hardware_summary
@@ -573,11 +578,25 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         splits = {**splits, "all": sorted(reader.list_ids())}
     check_split(scored.name, splits, split)
     ids = splits[split][: cfg.eval.max_images or None]
-    if method.trainable and cfg.train.epochs > 0:
+    previous: dict = {}
+    if from_predictions:
+        from .imageio_utils import read_label
+
+        if not files.summary(split).exists():
+            raise FileNotFoundError(f"{files.summary(split)}: the run has no scored {split} split whose saved "
+                                    "predictions could be scored again")
+        previous = json.loads(files.summary(split).read_text())
+        missing = [sid for sid in ids if not (files.predictions(split) / f"{sid}.tif").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{files.predictions(split)}: no saved prediction for {len(missing)} of "
+                                    f"{len(ids)} images (first: {missing[0]}.tif); run `bench eval` without "
+                                    "--from-predictions")
+    elif method.trainable and cfg.train.epochs > 0:
         load_checkpoint(method, run_dir, cfg.eval.checkpoint)
     from . import calibration
 
-    calibrated = calibration.apply(method, run_dir)
+    calibrated = previous.get("postprocess", {}).get("params") if from_predictions else calibration.apply(
+        method, run_dir)
     rows = []
     t_pred = t_post = 0.0
     split_timing = type(method).predict is Method.predict  # a method that overrides predict is timed as a whole
@@ -590,7 +609,9 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         t0 = time.time()
         args = (method.normalize(s.image), cfg.train.patch_size, cfg.eval.tile_overlap)
         meta = {"spacing": s.spacing, "id": sid}
-        if split_timing:  # network and post-processing timed apart (an ISR fit, a watershed, cellpose's dynamics)
+        if from_predictions:
+            pred = read_label(files.predictions(split) / f"{sid}.tif")
+        elif split_timing:  # network and post-processing timed apart (an ISR fit, a watershed, cellpose's dynamics)
             raw = method.predict_raw(*args, meta=meta)
             t1 = time.time()
             pred = method.postprocess(raw)
@@ -600,9 +621,9 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
         t_pred += time.time() - t0
         if pred.shape != s.label.shape:
             raise ValueError(f"{cfg.method.name} predicted shape {pred.shape} for {sid!r}, label is {s.label.shape}")
-        if cfg.eval.save_predictions:
+        if cfg.eval.save_predictions and not from_predictions:
             write_label(files.predictions(split) / f"{sid}.tif", pred)
-        if k < cfg.eval.overlays:
+        if k < cfg.eval.overlays and not from_predictions:
             overlay_png(files.overlays(split) / f"{sid}.png", s.image, pred, s.label)
         n_partial += s.partial
         for r in evaluate_image(pred, s.label, metric_context(cfg, s.spacing, s.partial), metric_names):
@@ -624,6 +645,10 @@ def evaluate(method: Method, cfg: RunConfig, reader: DatasetReader, splits: dict
     }
     if status.get("resources"):  # parameters and peak memory of the training (bench.envinfo.training_resources)
         summary["training_resources"] = status["resources"]
+    if from_predictions:  # nothing was predicted: the timings of the predictions, and a note that says so
+        for key in ("seconds_per_image", "postprocess_seconds_per_image"):
+            summary[key] = previous.get(key)
+        summary["rescored_from_predictions"] = time.time()
     if calibrated is not None:  # the post-processing the scores rest on, chosen on the val split
         summary["postprocess"] = {"calibrated_on": "val", "params": calibrated}
     if n_partial:  # instance metrics rest on the fully annotated images only
@@ -681,14 +706,16 @@ def reopen(run_dir: str | Path, data_root: str | None = None, device: str | None
 
 
 def evaluate_run(run_dir: str | Path, *, split: str | None = None, data_root: str | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished run on its test split (or another, into eval_<split>/), in its MLflow run."""
+                 progress: bool = True, from_predictions: bool = False) -> dict[str, Any]:
+    """Re-evaluate a finished run on its test split (or another, into eval_<split>/), in its MLflow run;
+    ``from_predictions``: score its saved predictions again instead of predicting (see `evaluate`)."""
     run_dir = Path(run_dir)
     with run_folder_lock(run_dir):
-        return _evaluate_run(run_dir, split, data_root, progress)
+        return _evaluate_run(run_dir, split, data_root, progress, from_predictions)
 
 
-def _evaluate_run(run_dir: Path, split: str | None, data_root: str | None, progress: bool) -> dict[str, Any]:
+def _evaluate_run(run_dir: Path, split: str | None, data_root: str | None, progress: bool,
+                  from_predictions: bool = False) -> dict[str, Any]:
     from .calibration import read as read_calibration
 
     cfg, method = reopen(run_dir, data_root)
@@ -697,9 +724,10 @@ def _evaluate_run(run_dir: Path, split: str | None, data_root: str | None, progr
     tracker = make_tracker(cfg)
     tracker.start("eval", read_status(run_dir).get("mlflow_run_id"))
     complete = training_complete(cfg, run_dir)
-    if complete and read_calibration(run_dir) is None:  # killed before or during calibration: do what run does
-        calibrate_run(method, cfg, reader, splits, run_dir, tracker, progress=progress)
-    summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress, split=split)
+    if complete and read_calibration(run_dir) is None and not from_predictions:  # killed before or during
+        calibrate_run(method, cfg, reader, splits, run_dir, tracker, progress=progress)  # calibration: as run does
+    summary = evaluate(method, cfg, reader, splits, run_dir, tracker, progress=progress, split=split,
+                       from_predictions=from_predictions)
     if complete and (split or cfg.eval.split) == cfg.eval.split and read_status(run_dir).get("state") != "finished":
         # a run killed while it was being evaluated: its training was whole, and now so are its results
         _update_status(run_dir, state="finished", finished=time.time(), error=None)

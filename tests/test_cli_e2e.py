@@ -196,3 +196,32 @@ def test_eval_of_another_split_keeps_the_test_results(finished_run):
     from bench.results import finished_runs
 
     assert [r.run_dir for r in finished_runs(work / "runs", "bbbc039")] == [run_dir]  # still on the leaderboard
+
+
+def test_eval_from_predictions_scores_the_saved_predictions_again(finished_run, tmp_path):
+    """`bench eval --from-predictions` scores what the run saved (a corrected metric, no new inference): an edited
+    prediction changes its row and only its row, the timings stay those of the prediction, a missing file is
+    named."""
+    import shutil
+
+    work, run_dir, _ = finished_run
+    copy = tmp_path / "seed0"
+    shutil.copytree(run_dir, copy)
+    before = json.loads((copy / "summary.json").read_text())
+    preds = sorted((copy / "predictions").glob("*.tif"))
+    blank = preds[0]
+    tifffile.imwrite(blank, np.zeros_like(tifffile.imread(blank)))  # this image now has no object predicted
+    out = bench("eval", str(copy), "--from-predictions", "-q", cwd=work)
+    assert out.returncode == 0, out.stderr
+    after = json.loads((copy / "summary.json").read_text())
+    assert after["seconds_per_image"] == before["seconds_per_image"] and after["rescored_from_predictions"]
+    old = pd.read_csv(run_dir / "metrics_per_image.csv")
+    new = pd.read_csv(copy / "metrics_per_image.csv")
+    f1 = {t: d[d.metric == "f1@0.50"].set_index("image")["value"] for t, d in (("old", old), ("new", new))}
+    assert f1["new"][blank.stem] == 0.0 and f1["old"][blank.stem] > 0
+    others = [i for i in f1["old"].index if i != blank.stem]
+    assert (f1["new"][others] == f1["old"][others]).all()
+    assert np.array_equal(tifffile.imread(blank), np.zeros_like(tifffile.imread(blank)))  # not overwritten
+    preds[1].unlink()
+    out = bench("eval", str(copy), "--from-predictions", "-q", cwd=work)
+    assert out.returncode != 0 and f"{preds[1].stem}.tif" in out.stderr + out.stdout
