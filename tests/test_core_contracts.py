@@ -439,6 +439,23 @@ def test_kfold_keeps_the_official_test_split(tmp_path):
     assert cfg.run_dir().name == "seed0_fold1"  # each fold has its own run folder
 
 
+def test_a_crossval_sweep_rotates_the_test_fold_and_the_leaderboard_pools_it(tmp_path):
+    """`bench sweep --folds 0,1 --set dataset.splits.kind=crossval`: the user's split kind wins over the sweep's
+    default kfold, each fold tests other images, and the leaderboard row covers both folds' images."""
+    from bench.leaderboard import build_rows
+    from bench.results import sweep
+
+    sets = [f"output_root={tmp_path}", "dataset.splits.kind=crossval", "dataset.splits.folds=2", "eval.max_images=2",
+            "eval.overlays=0", "tracking.enabled=false", "eval.calibrate=false"]
+    report = sweep(["classic_watershed"], ["bbbc039"], [0], overrides=sets, folds=[0, 1], progress=False)
+    assert len(report["ran"]) == 2 and not report["failed"]
+    runs = [tmp_path / "bbbc039" / "classic_watershed" / f"seed0_fold{k}" for k in (0, 1)]
+    tests = [set(json.loads((r / "splits.json").read_text())["test"]) for r in runs]
+    assert not tests[0] & tests[1]
+    (row,), _, _ = build_rows(tmp_path, "bbbc039", metrics=["f1@0.50"], n_boot=50)
+    assert row.n_images == 4 and row.n_seeds == 1 and row.provenance["folds"] == 2
+
+
 def test_targets_are_registry_entries_with_a_disk_cache(tmp_path, monkeypatch):
     from bench import fields
     from bench.registry import TARGETS
