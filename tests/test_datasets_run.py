@@ -62,7 +62,7 @@ def test_bench_run_on_dataset(card, where, extra, tmp_path, request):
     assert s["n_images"] == 1 and s["dataset"] == card
     m = s["metrics"]
     if cfg.dataset.task == "semantic":
-        last = cfg.dataset.classes[-1]
+        last = list(cfg.eval.regions)[-1] if cfg.eval.regions else cfg.dataset.classes[-1]  # BraTS: ET region
         assert {f"dice/{last}", f"iou/{last}", f"hd95/{last}", f"bf1/{last}"} <= set(m), sorted(m)
     else:
         assert "f1@0.50" in m and "pq" in m, sorted(m)
