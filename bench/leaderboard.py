@@ -72,14 +72,13 @@ class Row:
                 + (" (failed: flat validation curve)" if self.failed else ""))
 
 
-def _cv_union(groups: list[list]) -> int:
-    """The number of folds when each seed's runs are cross-validation folds: two or more runs per seed with
-    disjoint test images whose union is the same for every seed; else 0."""
+def _cv_union(groups: list[list[frozenset]]) -> int:
+    """The number of folds when each seed's runs (given by their test image sets) are cross-validation folds: two
+    or more runs per seed with disjoint test images whose union is the same for every seed; else 0."""
     if not any(len(g) > 1 for g in groups):
         return 0
     unions = set()
-    for g in groups:
-        sets = [frozenset(r.table()["image"].unique()) for r in g]
+    for sets in groups:
         union = frozenset().union(*sets)
         if sum(map(len, sets)) != len(union):
             return 0
@@ -118,8 +117,9 @@ def build_rows(output_root: str | Path, dataset: str, metrics: list[str] | None 
             cells[m] = Cell(float(vals.mean()), bootstrap_ci(vals, n_boot=n_boot),
                             float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)) if len(seed_means) > 1
                             else 0.0, deterministic=same)
-        images = {i for r in rs for i in r.table()["image"].unique()}
-        folds = _cv_union(groups)
+        scored = {id(r): frozenset(r.table()["image"].unique()) for r in rs}  # each run's test images, read once
+        images = set().union(*scored.values())
+        folds = _cv_union([[scored[id(r)] for r in g] for g in groups])
         prov = {
             "runs": [str(r.run_dir) for r in rs],
             "mlflow_run_ids": [r.summary.get("mlflow_run_id") for r in rs],

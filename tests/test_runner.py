@@ -186,3 +186,15 @@ def test_crossval_rotates_the_test_fold_over_every_image_and_is_persisted(tmp_pa
         crossval_splits(ids[:-1], folds=3, fold=0, seed=0, path=p)
     with pytest.raises(DataError, match="cannot fill"):
         crossval_splits(ids[:3], folds=3, fold=0, seed=0, path=None)
+
+
+def test_a_corrupt_saved_prediction_is_named(tmp_path):
+    from bench.imageio_utils import read_label, write_label
+
+    good = tmp_path / "a.tif"
+    write_label(good, np.arange(12).reshape(3, 4))
+    assert read_label(good).tolist() == np.arange(12).reshape(3, 4).tolist()
+    bad = tmp_path / "b.tif"
+    bad.write_bytes(b"not a tiff")
+    with pytest.raises(DataError, match=r"b\.tif: cannot read the label image"):
+        read_label(bad)

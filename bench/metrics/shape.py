@@ -69,7 +69,7 @@ def is_star_shaped(mask: np.ndarray, n_candidates: int = 8, n_search: int = 256)
     # sits anywhere in it): then a search over up to n_search mask pixels, deepest first, each first tried
     # against a sample of the boundary so that most non-centres are rejected cheaply
     inside = np.argwhere(mask)
-    inside = inside[:: max(1, len(inside) // n_search)]
+    inside = inside[np.unique(np.linspace(0, len(inside) - 1, min(n_search, len(inside))).astype(int))]
     inside = inside[np.argsort(dist[tuple(inside.T)])[::-1]]
     sample = edge[:: max(1, len(edge) // 64)]
     for c in candidates:
