@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates leaderboards/metaldam_2phase.{md,csv,html,tex} (+ the realism figures) from real runs on the CPU
+# Regenerates leaderboards/metaldam.{md,csv,html,tex} (+ the realism figures) from real runs on the CPU
 # preset: sim2real (phase-field + CycleGAN + UNet, no real label), sim2real_notranslate (the ablation without the
 # CycleGAN), unet supervised on the real MetalDAM labels (configs/cpu_metaldam.yaml: the same network, crops and
 # 1,000-step schedule as sim2real's final loop) and the Otsu floor; 3 seeds per trained row, scored on the same 6
@@ -15,10 +15,10 @@ bench sweep --methods unet --datasets metaldam_2phase --seeds "$seeds" --config 
   --set output_root="$out" -q
 bench leaderboard --dataset metaldam_2phase --output-root "$out" \
   --methods sim2real,sim2real_notranslate,unet,otsu_threshold --metrics iou,bf1,bf1@0.0075,dice,hd95 \
-  --format md,csv,html,tex --baseline sim2real_notranslate --reported leaderboards/reported/metaldam_2phase.yaml \
+  --format md,csv,html,tex --baseline sim2real_notranslate --reported leaderboards/reported/metaldam.yaml --name metaldam \
   --note "Runs: \`BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_metaldam.sh\` (the sweeps, then this command); 2 CPU cores; sim2real rows: \`--set preset=cpu\` (CycleGAN 1,000 steps on 128-px crops, then the UNet 1,000 steps x 8 x 128 px on translated synthetic images, no real label); unet: the same network and schedule on the real train labels (configs/cpu_metaldam.yaml); scores on the 6 real test images, bright phase (class 1) as foreground; bf1 at 2 px, bf1@0.0075 at 0.75% of the diagonal."
 # the realism figures of the first seed (real vs raw synthetic vs translated) beside the table
 first=${REALISM_SEED:-${seeds%%,*}}
 for f in realism_tsne.png realism_entropy.png realism_crops.png realism.json; do
-  cp "$out/metaldam_2phase/sim2real/seed$first/stages/realism/$f" "leaderboards/metaldam_2phase_${f}"
+  cp "$out/metaldam_2phase/sim2real/seed$first/stages/realism/$f" "leaderboards/metaldam_${f}"
 done
