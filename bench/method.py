@@ -202,7 +202,10 @@ class Method:
 
     @property
     def use_amp(self) -> bool:
-        return bool(self.train_cfg and self.train_cfg.amp and self.device.type == "cuda")
+        tc = self.train_cfg
+        if not tc:
+            return False
+        return bool(tc.amp if self.device.type == "cuda" else tc.cpu_bf16 and self.device.type == "cpu")
 
     @property
     def amp_dtype(self):

@@ -43,11 +43,18 @@ def time_to(history: pd.DataFrame, metric: str, threshold: float, steps_per_epoc
     return out
 
 
-def recipe_mismatch(recipe: Path, run_config: dict) -> list[str]:
-    """Keys of the recipe file whose value the run's config.yaml does not hold (a finished run of another recipe)."""
-    from bench.config import flatten
+def recipe_files(recipe: str) -> list[Path]:
+    """A recipe is one config file or several joined by '+' (later files win, as repeated --config)."""
+    return [Path(p) for p in str(recipe).split("+")]
 
-    want = yaml.safe_load(Path(recipe).read_text())
+
+def recipe_mismatch(recipe: str | Path, run_config: dict) -> list[str]:
+    """Keys of the recipe's files whose value the run's config.yaml does not hold (a finished run of another recipe)."""
+    from bench.config import deep_merge, flatten
+
+    want: dict = {}
+    for path in recipe_files(recipe):
+        want = deep_merge(want, yaml.safe_load(path.read_text()) or {})
     have = flatten(run_config)
     set_here = {"tag", "train.val_every", "train.val_max_images", "eval.save_predictions"}  # this script's --set
     return [k for k, v in flatten(want).items() if "_delete_" not in k and k not in set_here and have.get(k) != v
@@ -63,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-every-epochs", type=int, default=1, help="both recipes have 50-step epochs")
     ap.add_argument("--out", default="runs/ttq")
-    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG",
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG[+CONFIG...]",
                     help="recipes to compare (default: before=benchmarks/recipes/cpu_fields_2026_11.yaml, "
                          "now=configs/cpu_fields.yaml)")
     a = ap.parse_args(argv)
@@ -73,7 +80,8 @@ def main(argv=None) -> int:
     for name, config in recipes.items():
         run_dir = out / a.dataset / f"{a.method}-ttq_{name}" / f"seed{a.seed}"
         if not (run_dir / "summary.json").exists():
-            cmd = [sys.executable, "-m", "bench", "run", "-m", a.method, "-d", a.dataset, "--config", config,
+            configs = [arg for path in recipe_files(config) for arg in ("--config", str(path))]
+            cmd = [sys.executable, "-m", "bench", "run", "-m", a.method, "-d", a.dataset, *configs,
                    "--seed", str(a.seed), "--set", f"output_root={out}", "--set", f"tag=ttq_{name}",
                    "--set", f"train.val_every={a.val_every_epochs}", "--set", "train.val_max_images=10",
                    "--set", "eval.save_predictions=false", "-q"]
@@ -83,7 +91,7 @@ def main(argv=None) -> int:
             subprocess.run(cmd, check=True)
         summary = json.loads((run_dir / "summary.json").read_text())
         run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        stale = recipe_mismatch(Path(config), run_cfg)
+        stale = recipe_mismatch(config, run_cfg)
         if stale:
             raise SystemExit(f"{run_dir} was trained with another recipe than {config} ({', '.join(stale)} differ): "
                              "delete or move that folder to measure this recipe")

@@ -374,7 +374,7 @@ def test_network_builders_get_a_context_and_state_their_divisor():
     assert net.size_divisor == 8 and seen["ctx"].spacing == (0.5, 0.5) and seen["ctx"].patch_size == (64, 64)
 
 
-def test_loss_runs_in_float32_under_autocast(monkeypatch):
+def test_loss_runs_in_float32_under_autocast():
     """Physics terms must not run in half precision: the default step computes loss() with autocast off."""
     from bench.config import DatasetCard
 
@@ -395,10 +395,12 @@ def test_loss_runs_in_float32_under_autocast(monkeypatch):
     card = DatasetCard(name="x", reader="folder", task="semantic", root="x")
     m = Probe(Probe.Params(), card, torch.device("cpu"))
     m.build()
-    monkeypatch.setattr(Probe, "use_amp", property(lambda self: True))  # bf16 autocast on the CPU
     from bench.config import TrainConfig
 
-    m.train_cfg = TrainConfig()
+    m.train_cfg = TrainConfig()  # amp (CUDA's float16) does not reach the CPU
+    with m.autocast():
+        assert m.networks["net"](torch.randn(1, 1, 8, 8)).dtype == torch.float32
+    m.train_cfg = TrainConfig(cpu_bf16=True)  # bf16 autocast on the CPU
     m.configure_optimizers(m.train_cfg, 10)
     with m.autocast():
         assert m.networks["net"](torch.randn(1, 1, 8, 8)).dtype == torch.bfloat16  # autocast is really on
