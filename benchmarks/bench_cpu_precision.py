@@ -38,7 +38,7 @@ def step(net, opt, x, y, bf16: bool) -> tuple[float, float]:
     loss.backward()
     gnorm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in net.parameters() if p.grad is not None))
     opt.step()
-    return float(loss), float(gnorm)
+    return float(loss.detach()), float(gnorm.detach())
 
 
 def main(argv=None) -> int:
