@@ -375,17 +375,29 @@ def budget_section(rows: list[Row], stem: str) -> list[str]:
 
 
 def _training_minutes(run_dir: str | Path) -> float | None:
-    """Wall time of a run's final training loop (its history's per-epoch seconds, validation included)."""
+    """Wall time of a run's training: its loop's history (per-epoch seconds, validation included) plus, for a
+    staged method, each stage's time (a loop stage's history, else the seconds its done-marker recorded)."""
     import pandas as pd
 
     from .runfiles import RunFiles
 
-    path = RunFiles(Path(run_dir)).history()
-    if not path.is_file():
-        return None
-    h = pd.read_csv(path)
-    cols = [c for c in ("seconds", "val_seconds") if c in h]
-    return float(h[cols].fillna(0).to_numpy().sum()) / 60 if cols else None
+    def loop_seconds(path: Path) -> float | None:
+        if not path.is_file():
+            return None
+        h = pd.read_csv(path)
+        cols = [c for c in ("seconds", "val_seconds") if c in h]
+        return float(h[cols].fillna(0).to_numpy().sum()) if cols else None
+
+    files = RunFiles(Path(run_dir))
+    total = loop_seconds(files.history())
+    stages = files.root / "stages"
+    for d in sorted(stages.iterdir()) if stages.is_dir() else []:
+        secs = loop_seconds(files.history(d.name))
+        if secs is None and (d / "done.json").is_file():
+            secs = json.loads((d / "done.json").read_text()).get("seconds")
+        if secs is not None:
+            total = (total or 0.0) + float(secs)
+    return None if total is None else total / 60
 
 
 def ceiling_section(rows: list[Row], metrics: list[str], dataset: str, output_root: str | Path) -> list[str]:
@@ -442,7 +454,7 @@ def cost_section(rows: list[Row], dataset: str, output_root: str | Path) -> list
         return []
     lines = ["", "## Cost", "",
              "Means over each row's runs, on the runs' machine: trainable parameters, training wall time "
-             "(validation included), peak memory of the training (the process's resident memory, and torch's "
+             "(validation included; every stage of a staged method), peak memory of the training (the process's resident memory, and torch's "
              "allocated GPU memory on CUDA), prediction time per test image (whole image, post-processing "
              "included) and the post-processing alone (an ISR fit, a watershed).", "",
              "| method | parameters | training min/run | peak RSS MiB | peak GPU MiB | predict s/image | "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -93,6 +93,7 @@ class Stage:
 
     name: str
     dir: Path
+    opened: float = field(default_factory=time.time)  # when this process took the stage up
 
     @property
     def done(self) -> bool:
@@ -106,8 +107,11 @@ class Stage:
     def finish(self, info: dict | None = None) -> None:
         from .cache import atomic_write_text
 
-        atomic_write_text(self.dir / "done.json", json.dumps({"finished": time.time(), **(info or {})},
-                                                             default=str))
+        # seconds: this process's time on the stage (a stage without a loop restarts whole, so it is the stage's
+        # time); a loop stage's own history.csv holds its time across resumes (bench.leaderboard reads both)
+        now = time.time()
+        atomic_write_text(self.dir / "done.json", json.dumps({"finished": now, "seconds": now - self.opened,
+                                                              **(info or {})}, default=str))
 
 
 class FitContext:

@@ -236,6 +236,22 @@ def test_staged_method_reads_stage_one_output_and_resumes_per_stage(tmp_path, ca
     assert [int(line.split(",")[0]) for line in hist[1:]] == [1, 2, 3]
     assert res.summary["training_data"][0] == {"kind": "synthetic", "n": 6}
 
+    # the leaderboard's training time is the whole fit: the final loop, the loop stage and the stage without a loop
+    import json
+
+    import pandas as pd
+
+    from bench.leaderboard import _training_minutes
+
+    def loop_s(path):
+        h = pd.read_csv(path)
+        return float(h[[c for c in ("seconds", "val_seconds") if c in h]].fillna(0).to_numpy().sum())
+
+    sim_s = json.loads((rd / "stages" / "simulate" / "done.json").read_text())["seconds"]
+    final_s, pre_s = loop_s(rd / "history.csv"), loop_s(rd / "stages" / "pretrain" / "history.csv")
+    assert sim_s > 0 and pre_s > 0
+    assert _training_minutes(rd) * 60 == pytest.approx(final_s + pre_s + sim_s)
+
 
 # ------------------------------------------------------------------------------------------------
 # a training-free method with a weights file
