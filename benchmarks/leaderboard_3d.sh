@@ -9,7 +9,8 @@
 #     sections padded: Swin UNETR needs sides divisible by 32).
 # PARALLEL=1 runs every row (and fold) at once as its own process (a GPU machine with many cores); by default one
 # after another. SETS="key=value ..." adds overrides to every run (tracking.enabled=false where MLflow is missing).
-# NO_LEADERBOARD=1 only runs.
+# NO_LEADERBOARD=1 only runs. ROWS="unet3d,pde3d_unet noisy30,..." runs (and tabulates) only those rows (e.g. the
+# BasicUNet-family rows on a CPU, where V-Net and Swin UNETR take hours); NOTE="..." is added to the table's note.
 #   BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh brats2015|drosophila_vnc [OUTPUT_ROOT]
 set -euo pipefail
 ds=$1
@@ -28,6 +29,8 @@ case $ds in
   *) echo "usage: $0 brats2015|drosophila_vnc [OUTPUT_ROOT]" >&2; exit 2 ;;
 esac
 rows=("pde3d_unet" "pde3d_unet_loss" "unet3d" "vnet" "swin_unetr" "pde3d_unet noisy30" "unet3d noisy30")
+[ -n "${ROWS:-}" ] && IFS=, read -r -a rows <<< "$ROWS"
+labels=$(for row in "${rows[@]}"; do read -r m t <<< "$row"; printf '%s,' "$m${t:+-$t}"; done)
 run_row() {  # method [tag] [fold list]
   local method=$1 tag=${2:-} fold=${3:-}
   local sets=(--set output_root="$out")
@@ -54,7 +57,7 @@ status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 [ -n "${NO_LEADERBOARD:-}" ] && exit $status
 bench leaderboard --dataset "$ds" --output-root "$out" \
-  --methods pde3d_unet,pde3d_unet_loss,unet3d,vnet,swin_unetr,pde3d_unet-noisy30,unet3d-noisy30 \
+  --methods "${labels%,}" \
   --metrics "$metrics" --format md,csv,html,tex --baseline unet3d \
-  --note "Runs: \`BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh $ds\` (the runs, then this command). Recipe configs/cpu_3d.yaml for every row (each card's CPU widths; AdamW, cosine, 400 steps of batch 2, flips/rot90/intensity); $what. *-noisy30: trained with train.label_noise.rate=0.3 (training objects eroded, dilated or dropped, seeded); test labels untouched."
+  --note "Runs: \`BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh $ds\` (the runs, then this command). Recipe configs/cpu_3d.yaml for every row (each card's CPU widths; AdamW, cosine, 400 steps of batch 2, flips/rot90/intensity); $what. *-noisy30: trained with train.label_noise.rate=0.3 (training objects eroded, dilated or dropped, seeded); test labels untouched.${NOTE:+ $NOTE}"
 exit $status
