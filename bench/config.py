@@ -86,7 +86,7 @@ class TrainConfig(Strict):
     amp: bool = True  # mixed precision (float16 + gradient scaling) on CUDA
     # bfloat16 autocast of network forwards on CPU: oneDNN runs it on AMX / AVX-512 BF16 units where the CPU has
     # them (benchmarks/bench_cpu_precision.py measures it); off by default: without those units it is slower.
-    # Loss terms stay float32 either way.
+    # Loss terms and predictions (validation, test) stay float32 either way.
     cpu_bf16: bool = False
     # timm's --channels-last: 2D networks and image batches stored NHWC; convolutions ~15% faster on CPU (oneDNN),
     # same numbers up to float rounding. 3D networks stay contiguous.

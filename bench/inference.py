@@ -60,7 +60,7 @@ def infer_full_image(
     method.train_mode(False)
     n_pix = int(np.prod(image.shape[1:]))
     divisor = method.divisor
-    with torch.inference_mode(), method.autocast():
+    with torch.inference_mode(), method.autocast(inference=True):
         if patch_size is None or n_pix <= MAX_WHOLE_PIXELS[ndim]:
             xp, crop = pad_to_divisor(x, divisor, ndim)
             out = method.activation(method.forward(xp, inference_meta(method, meta)))[(..., *crop)]

@@ -423,6 +423,16 @@ def test_loss_runs_in_float32_under_autocast():
     m.train_step({"image": torch.randn(2, 1, 16, 16)})
     assert seen == {"dtype": torch.float32, "lap_dtype": torch.float32, "autocast": False}
 
+    # predictions stay float32 under the CPU's bf16 (bf16 quantised a poisson field and broke its watershed)
+    from bench.inference import infer_full_image
+
+    m.activation = lambda out: out
+    img = np.random.default_rng(0).random((1, 16, 16), dtype=np.float32) * 100 + 1000  # bf16 keeps ~3 digits
+    with torch.no_grad():
+        exact = m.networks["net"](torch.from_numpy(img)[None])[0].numpy()
+    pred = infer_full_image(m, img)
+    assert pred.dtype == np.float32 and np.allclose(pred, exact, rtol=1e-6, atol=1e-4)
+
 
 def test_foreground_oversampling_centres_patches_on_sparse_foreground(tmp_path):
     from bench.cache import SampleCache
