@@ -29,8 +29,14 @@ case $ds in
   *) echo "usage: $0 brats2015|drosophila_vnc [OUTPUT_ROOT]" >&2; exit 2 ;;
 esac
 rows=("pde3d_unet" "pde3d_unet_loss" "unet3d" "vnet" "swin_unetr" "pde3d_unet noisy30" "unet3d noisy30")
-[ -n "${ROWS:-}" ] && IFS=, read -r -a rows <<< "$ROWS"
+if [ -n "${ROWS:-}" ]; then
+  IFS=, read -r -a picked <<< "$ROWS"
+  rows=()
+  for row in "${picked[@]}"; do [ -n "${row// /}" ] && rows+=("$row"); done
+fi
 labels=$(for row in "${rows[@]}"; do read -r m t <<< "$row"; printf '%s,' "$m${t:+-$t}"; done)
+baseline=()  # the paired comparison against unet3d, when its row is in the table
+case ",$labels" in *,unet3d,*) baseline=(--baseline unet3d) ;; esac
 run_row() {  # method [tag] [fold list]
   local method=$1 tag=${2:-} fold=${3:-}
   local sets=(--set output_root="$out")
@@ -58,6 +64,6 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 [ -n "${NO_LEADERBOARD:-}" ] && exit $status
 bench leaderboard --dataset "$ds" --output-root "$out" \
   --methods "${labels%,}" \
-  --metrics "$metrics" --format md,csv,html,tex --baseline unet3d \
-  --note "Runs: \`BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh $ds\` (the runs, then this command). Recipe configs/cpu_3d.yaml for every row (each card's CPU widths; AdamW, cosine, 400 steps of batch 2, flips/rot90/intensity); $what. *-noisy30: trained with train.label_noise.rate=0.3 (training objects eroded, dilated or dropped, seeded); test labels untouched.${NOTE:+ $NOTE}"
+  --metrics "$metrics" --format md,csv,html,tex "${baseline[@]}" \
+  --note "Runs: \`${ROWS:+ROWS=\"$ROWS\" }BENCH_DATA_ROOT=../shared/data bash benchmarks/leaderboard_3d.sh $ds\` (the runs, then this command). Recipe configs/cpu_3d.yaml for every row (each card's CPU widths; AdamW, cosine, 400 steps of batch 2, flips/rot90/intensity); $what. *-noisy30: trained with train.label_noise.rate=0.3 (training objects eroded, dilated or dropped, seeded); test labels untouched.${NOTE:+ $NOTE}"
 exit $status

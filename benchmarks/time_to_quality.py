@@ -49,16 +49,29 @@ def recipe_files(recipe: str) -> list[Path]:
 
 
 def recipe_mismatch(recipe: str | Path, run_config: dict) -> list[str]:
-    """Keys of the recipe's files whose value the run's config.yaml does not hold (a finished run of another recipe)."""
-    from bench.config import deep_merge, flatten
+    """Settings of a finished run that differ from what the recipe gives (a run of another recipe in the folder).
+
+    Both ways: every key the recipe's files set must hold in the run, and the run's train and method settings must
+    equal the recipe's resolved ones (a run of the bf16 stack is not a run of the plain preset). Keys a run made
+    before a setting existed does not hold are not compared unless a recipe file sets them."""
+    from bench.config import deep_merge, flatten, resolve_config
 
     want: dict = {}
     for path in recipe_files(recipe):
         want = deep_merge(want, yaml.safe_load(path.read_text()) or {})
     have = flatten(run_config)
     set_here = {"tag", "train.val_every", "train.val_max_images", "eval.save_predictions"}  # this script's --set
-    return [k for k, v in flatten(want).items() if "_delete_" not in k and k not in set_here and have.get(k) != v
-            and not (isinstance(v, list) and have.get(k) == list(v))]
+
+    def differ(k, v):
+        return have.get(k) != v and not (isinstance(v, (list, tuple)) and have.get(k) == list(v))
+
+    out = [k for k, v in flatten(want).items() if "_delete_" not in k and k not in set_here and differ(k, v)]
+    resolved = resolve_config(run_config["method"]["name"], run_config["dataset"]["name"],
+                              overlay=recipe_files(recipe)).model_dump(mode="json")
+    for k, v in flatten({"train": resolved["train"], "method": {"params": resolved["method"]["params"]}}).items():
+        if k in have and k not in set_here and k not in out and differ(k, v):
+            out.append(k)
+    return out
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,11 @@ def test_time_to_quality_stacks_recipe_files_and_spots_a_run_of_another_recipe(m
     plain = resolve_config("poisson", "bbbc039", overlay=ROOT / files[0]).model_dump(mode="json")
     assert ttq.recipe_mismatch(stacked, plain) == ["train.cpu_bf16"]
     assert ttq.recipe_mismatch("configs/cpu_fields.yaml", plain) == []
+    # and the other way: a run of the bf16 stack is not a run of the plain preset (its files do not name cpu_bf16)
+    assert ttq.recipe_mismatch("configs/cpu_fields.yaml", cfg) == ["train.cpu_bf16"]
+    # a run made before a setting existed is compared on what it holds
+    old = {**plain, "train": {k: v for k, v in plain["train"].items() if k != "cpu_bf16"}}
+    assert ttq.recipe_mismatch("configs/cpu_fields.yaml", old) == []
 
 
 @pytest.mark.parametrize("history,reached", [([0.5, 0.91, 0.95], 2), ([0.5, 0.6, 0.7], None)])
