@@ -454,9 +454,9 @@ def cost_section(rows: list[Row], dataset: str, output_root: str | Path) -> list
         return []
     lines = ["", "## Cost", "",
              "Means over each row's runs, on the runs' machine: trainable parameters, training wall time "
-             "(validation included; every stage of a staged method), peak memory of the training (the process's resident memory, and torch's "
-             "allocated GPU memory on CUDA), prediction time per test image (whole image, post-processing "
-             "included) and the post-processing alone (an ISR fit, a watershed).", "",
+             "(validation included; every stage of a staged method), peak memory of the training (the process's "
+             "resident memory, and torch's allocated GPU memory on CUDA), prediction time per test image (whole "
+             "image, post-processing included) and the post-processing alone (an ISR fit, a watershed).", "",
              "| method | parameters | training min/run | peak RSS MiB | peak GPU MiB | predict s/image | "
              "post-process s/image | machine |",
              "|---|---|---|---|---|---|---|---|"]

@@ -203,9 +203,11 @@ class Method:
     @property
     def use_amp(self) -> bool:
         tc = self.train_cfg
-        if not tc:
+        if tc is None:
             return False
-        return bool(tc.amp if self.device.type == "cuda" else tc.cpu_bf16 and self.device.type == "cpu")
+        if self.device.type == "cuda":
+            return tc.amp
+        return self.device.type == "cpu" and tc.cpu_bf16  # mps and others: float32
 
     @property
     def amp_dtype(self):

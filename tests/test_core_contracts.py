@@ -416,6 +416,11 @@ def test_loss_runs_in_float32_under_autocast():
     m.train_cfg = TrainConfig()  # amp (CUDA's float16) does not reach the CPU
     with m.autocast():
         assert m.networks["net"](torch.randn(1, 1, 8, 8)).dtype == torch.float32
+    for kind, cfg, on in [("cuda", TrainConfig(), True), ("cuda", TrainConfig(amp=False), False),
+                          ("mps", TrainConfig(cpu_bf16=True), False), ("cpu", TrainConfig(cpu_bf16=True), True)]:
+        m.device, m.train_cfg = torch.device(kind), cfg
+        assert m.use_amp is on, (kind, cfg.amp, cfg.cpu_bf16)  # only reads the device's type
+    m.device = torch.device("cpu")
     m.train_cfg = TrainConfig(cpu_bf16=True)  # bf16 autocast on the CPU
     m.configure_optimizers(m.train_cfg, 10)
     with m.autocast():

@@ -222,3 +222,20 @@ def test_overlapping_runs_of_one_seed_are_not_taken_for_folds(tmp_path):
     _fake_run(tmp_path, "a", 0, {i: 0.5 for i in imgs[2:]}, fold=1)
     (row,), _, _ = build_rows(tmp_path, "ds", metrics=["f1@0.50"], n_boot=100)
     assert "folds" not in row.provenance and row.image_set.startswith("mixed:")
+
+
+def test_training_minutes_sums_loops_and_stages_once(tmp_path):
+    """A run's training time: final loop + loop stages (their history, not their done-marker) + other stages."""
+    from bench.leaderboard import _training_minutes
+
+    assert _training_minutes(tmp_path / "missing") is None  # no history, no stages
+    run = tmp_path / "run"
+    (run / "stages" / "translate").mkdir(parents=True)
+    (run / "stages" / "simulate").mkdir()
+    (run / "stages" / "unfinished").mkdir()  # neither history nor done-marker: not counted
+    (run / "history.csv").write_text("epoch,seconds,val_seconds\n1,30,6\n2,30,\n")
+    assert _training_minutes(run) == pytest.approx(66 / 60)  # no stage has a time yet
+    (run / "stages" / "translate" / "history.csv").write_text("epoch,seconds\n1,100\n2,140\n")
+    (run / "stages" / "translate" / "done.json").write_text(json.dumps({"finished": 1.0, "seconds": 999}))
+    (run / "stages" / "simulate" / "done.json").write_text(json.dumps({"finished": 1.0, "seconds": 54}))
+    assert _training_minutes(run) == pytest.approx((66 + 240 + 54) / 60)
